@@ -1,0 +1,292 @@
+//! The deploy record: one JSON object on one line, read from stdin and written to stdout.
+//!
+//! The record grows as it flows through a pipe. Each tool reads the keys it needs, adds its
+//! result under its own key (its name: `img-build`, `swap`, ...), appends one entry to `steps`,
+//! and passes every other key through untouched, in order. Keys may be added over time;
+//! readers ignore keys they don't know. docs/contract.md is the full description.
+//!
+//! ```json
+//! {"version":1,"id":"20261126T233000Z-4242","started_at":"2026-11-26T23:30:00Z",
+//!  "steps":[{"tool":"img-build","outcome":"ok","started_at":"…","ms":8123}],
+//!  "img-build":{"image_id":"sha256:…","tags":["…"]},
+//!  "failure":{"tool":"swap","step":"health","error":"…","exit":1}}
+//! ```
+
+use std::io::{IsTerminal, Read};
+
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Exit};
+
+/// The record format version this build writes. A record with a higher version is refused.
+pub const VERSION: u64 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    map: Map<String, Value>,
+}
+
+/// The failure a record carries, as written by the tool that failed.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub tool: String,
+    pub step: String,
+    pub error: String,
+    pub exit: u8,
+    pub at: String,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record::fresh()
+    }
+}
+
+impl Record {
+    /// A new record: version, a deploy id and the time it started.
+    pub fn fresh() -> Record {
+        let now = Utc::now();
+        let mut map = Map::new();
+        map.insert("version".into(), VERSION.into());
+        map.insert(
+            "id".into(),
+            format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), std::process::id()).into(),
+        );
+        map.insert("started_at".into(), now_rfc3339().into());
+        Record { map }
+    }
+
+    /// Reads the record from stdin. A terminal or empty stdin starts a fresh record.
+    pub fn from_stdin() -> Result<Record, Error> {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return Ok(Record::fresh());
+        }
+        let mut text = String::new();
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::input("stdin", format!("cannot read the record: {e}")))?;
+        Record::parse(&text)
+    }
+
+    /// Parses a record. Empty or blank text is a fresh record.
+    pub fn parse(text: &str) -> Result<Record, Error> {
+        if text.trim().is_empty() {
+            return Ok(Record::fresh());
+        }
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            Error::input(
+                "stdin",
+                format!("not a JSON deploy record ({e}); pipe one JSON object, or nothing"),
+            )
+        })?;
+        let Value::Object(map) = value else {
+            return Err(Error::input(
+                "stdin",
+                format!("the record must be a JSON object, got {}", kind(&value)),
+            ));
+        };
+        let record = Record { map };
+        record.check()?;
+        Ok(record)
+    }
+
+    /// Checks the few keys every tool relies on, so a bad record fails at once, by name.
+    fn check(&self) -> Result<(), Error> {
+        match self.map.get("version") {
+            None => {}
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v <= VERSION) => {}
+            Some(Value::Number(n)) => {
+                return Err(Error::input(
+                    "version",
+                    format!("record version {n} is newer than this tool understands ({VERSION})"),
+                ))
+            }
+            Some(other) => return Err(wrong_type("version", "a number", other)),
+        }
+        if let Some(v) = self.map.get("steps") {
+            if !v.is_array() {
+                return Err(wrong_type("steps", "an array", v));
+            }
+        }
+        if let Some(v) = self.map.get("failure") {
+            if !v.is_null() && serde_json::from_value::<Failure>(v.clone()).is_err() {
+                return Err(wrong_type(
+                    "failure",
+                    "an object with tool, step, error, exit and at",
+                    v,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream failure this record carries, if any.
+    pub fn failure(&self) -> Option<Failure> {
+        self.map
+            .get("failure")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// Records that `tool` failed. Replaces an earlier failure only if there is none.
+    pub fn set_failure(&mut self, tool: &str, err: &Error) {
+        if self.failure().is_some() {
+            return;
+        }
+        let failure = Failure {
+            tool: tool.into(),
+            step: err.step_name().into(),
+            error: err.to_string(),
+            exit: err.exit().code(),
+            at: now_rfc3339(),
+        };
+        self.set("failure", failure);
+    }
+
+    /// A top-level key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key)
+    }
+
+    /// A value by dotted path: `swap.health_url`.
+    pub fn path(&self, path: &str) -> Option<&Value> {
+        let mut parts = path.split('.');
+        let mut v = self.map.get(parts.next()?)?;
+        for p in parts {
+            v = match v {
+                Value::Object(m) => m.get(p)?,
+                Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    /// A string by dotted path; absent or null is `None`, another type is bad input naming it.
+    pub fn string(&self, path: &str) -> Result<Option<String>, Error> {
+        match self.path(path) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(wrong_type(path, "a string", other)),
+        }
+    }
+
+    /// A list of strings by dotted path; absent or null is empty.
+    pub fn strings(&self, path: &str) -> Result<Vec<String>, Error> {
+        match self.path(path) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(wrong_type(&format!("{path}.{i}"), "a string", other)),
+                })
+                .collect(),
+            Some(other) => Err(wrong_type(path, "an array of strings", other)),
+        }
+    }
+
+    /// Sets a top-level key (a tool's own key), keeping its position if it was there.
+    pub fn set(&mut self, key: &str, value: impl Serialize) {
+        let value = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.map.insert(key.into(), value);
+    }
+
+    /// Appends one entry to `steps`: which tool ran, how it ended, when, and for how long.
+    pub fn add_step(&mut self, tool: &str, exit: Exit, started_at: &str, ms: u128) {
+        let outcome = match exit {
+            Exit::Success => "ok",
+            Exit::Failure => "failed",
+            Exit::BadInput => "bad-input",
+            Exit::Skipped => "skipped",
+        };
+        let entry = serde_json::json!({
+            "tool": tool, "outcome": outcome, "started_at": started_at, "ms": ms as u64,
+        });
+        match self.map.get_mut("steps") {
+            Some(Value::Array(steps)) => steps.push(entry),
+            _ => {
+                self.map.insert("steps".into(), Value::Array(vec![entry]));
+            }
+        }
+    }
+
+    /// The record as one line of JSON, without the newline.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(&self.map).unwrap_or_else(|_| "{}".into())
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.map
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// "swap.image: expected a string, got a number".
+pub fn wrong_type(field: &str, expected: &str, got: &Value) -> Error {
+    Error::input(field, format!("expected {expected}, got {}", kind(got)))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_is_fresh() {
+        let r = Record::parse("  \n").unwrap();
+        assert_eq!(r.get("version"), Some(&Value::from(VERSION)));
+        assert!(r.string("id").unwrap().is_some());
+    }
+
+    #[test]
+    fn unknown_keys_keep_order_and_value() {
+        let text = r#"{"z":1,"a":{"deep":[1,2]},"version":1}"#;
+        let r = Record::parse(text).unwrap();
+        assert_eq!(r.to_line(), text);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let err = Record::parse(r#"{"version":"x"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "version: expected a number, got a string");
+        let err = Record::parse("[1]").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("stdin: the record must be a JSON object"));
+        let r = Record::parse(r#"{"swap":{"image":3}}"#).unwrap();
+        assert_eq!(
+            r.string("swap.image").unwrap_err().to_string(),
+            "swap.image: expected a string, got a number"
+        );
+    }
+
+    #[test]
+    fn first_failure_wins() {
+        let mut r = Record::fresh();
+        r.set_failure("swap", &Error::step("health", "never healthy"));
+        r.set_failure("notify", &Error::step("send", "later"));
+        let f = r.failure().unwrap();
+        assert_eq!(
+            (f.tool.as_str(), f.step.as_str(), f.exit),
+            ("swap", "health", 1)
+        );
+    }
+}
