@@ -1,0 +1,17 @@
+# deploykit: build, ship and roll back Docker services with zero dropped requests.
+# `just --list` shows every recipe. Values come from the environment or `.env`.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set dotenv-load := true
+
+# Everything CI checks: set-up, format, lints, all tests
+test:
+    scripts/test
+
+# Format check and clippy with -D warnings
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# healthwait: readiness delay and CPU vs the hand-rolled curl loop, startup time
+bench-healthwait:
+    scripts/bench-healthwait
