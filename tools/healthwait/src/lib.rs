@@ -16,7 +16,7 @@ use regex::Regex;
 /// Wait until a service is healthy: an HTTP endpoint answers as expected, a container's own
 /// HEALTHCHECK says healthy, or a TCP port accepts connections.
 ///
-/// With no budget flags it waits up to 60 s, probing quickly at first and then every 200 ms,
+/// With no budget flags it waits up to 60 s, probing quickly at first and then every 250 ms,
 /// so readiness is noticed at once without hammering the app.
 #[derive(Debug, Parser)]
 #[command(version, group(ArgGroup::new("target").args(["url", "tcp", "container"])))]
@@ -50,7 +50,7 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub attempts: Option<u32>,
 
-    /// Pause between attempts (default: 25 ms doubling up to 200 ms)
+    /// Pause between attempts (default: 25 ms doubling up to 250 ms)
     #[arg(long, value_name = "DURATION", value_parser = kit::parse_duration)]
     pub interval: Option<Duration>,
 

@@ -114,7 +114,7 @@ pub enum Schedule {
     /// Exactly `attempts` probes, `interval` apart (today's `for i in $(seq 30) ... sleep 2`).
     Fixed { attempts: u32, interval: Duration },
     /// Probe until `timeout` is spent: every `interval` if given, else quickly at first and
-    /// backing off to [`BACKOFF_CAP`], so readiness is noticed within ~0.1 s without hammering.
+    /// backing off to [`BACKOFF_CAP`], so readiness is noticed within ~0.15 s without hammering.
     Within {
         timeout: Duration,
         interval: Option<Duration>,
@@ -125,7 +125,7 @@ pub enum Schedule {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The first pause of the backoff, and its cap.
 pub const BACKOFF_START: Duration = Duration::from_millis(25);
-pub const BACKOFF_CAP: Duration = Duration::from_millis(200);
+pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
 /// The default per-attempt timeout (kamal-proxy's).
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -454,6 +454,7 @@ mod tests {
         assert_eq!(s.pause(1), Duration::from_millis(25));
         assert_eq!(s.pause(2), Duration::from_millis(50));
         assert_eq!(s.pause(4), Duration::from_millis(200));
+        assert_eq!(s.pause(5), Duration::from_millis(250));
         assert_eq!(s.pause(40), BACKOFF_CAP);
     }
 
