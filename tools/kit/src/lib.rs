@@ -9,6 +9,7 @@ pub mod docker;
 pub mod error;
 pub mod github;
 pub mod health;
+pub mod image;
 pub mod log;
 pub mod record;
 
