@@ -53,7 +53,9 @@ pub fn summary_markdown(record: &crate::Record) -> String {
             crate::human(std::time::Duration::from_millis(ms))
         ));
     }
-    md.push_str("\n```mermaid\ngantt\n    title Deploy steps\n    dateFormat x\n    axisFormat %M:%S\n");
+    md.push_str(
+        "\n```mermaid\ngantt\n    title Deploy steps\n    dateFormat x\n    axisFormat %M:%S\n",
+    );
     for s in &steps {
         let start = s["started_at"]
             .as_str()
@@ -105,12 +107,23 @@ mod tests {
     #[test]
     fn summary_has_a_table_and_a_gantt() {
         let mut r = crate::Record::fresh();
-        r.add_step("swap", crate::Exit::Failure, "2026-11-26T23:30:00.000Z", 1500);
+        r.add_step(
+            "swap",
+            crate::Exit::Failure,
+            "2026-11-26T23:30:00.000Z",
+            1500,
+        );
         r.set_failure("swap", &crate::Error::step("health", "never healthy"));
         let md = super::summary_markdown(&r);
         assert!(md.starts_with("### Deploy failed: swap at health"), "{md}");
-        assert!(md.contains("| swap | failed | 2026-11-26T23:30:00.000Z | 1.5s |"), "{md}");
-        assert!(md.contains("    swap : crit, 1795735800000, 1795735801500"), "{md}");
+        assert!(
+            md.contains("| swap | failed | 2026-11-26T23:30:00.000Z | 1.5s |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("    swap : crit, 1795735800000, 1795735801500"),
+            "{md}"
+        );
     }
 
     #[test]
