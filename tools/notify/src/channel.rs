@@ -22,6 +22,8 @@ pub struct Channel {
     /// The URL without its secrets, as it appears in logs and the record.
     pub name: String,
     pub kind: Kind,
+    /// Whether the URL holds a token or password.
+    pub has_secret: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +120,29 @@ fn starts_with_scheme(s: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// Replaces each `${NAME}` with the environment variable NAME, so a secret can stay out of the
+/// command line: `--to 'telegram://${TELEGRAM_TOKEN}@telegram?chats=@ops'`.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "'${' without '}' in a channel URL".to_string())?;
+        let name = &after[..end];
+        let value = std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("${{{name}}} is used in a channel URL but not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Registers a secret (and its %-encoded spelling, which is how it sits in the URL).
@@ -342,7 +367,9 @@ fn telegram_query(query: &str, shown: &str) -> Result<TelegramOptions, Bad> {
 fn telegram_name(scheme: &str, o: &TelegramOptions, chats: &[Chat]) -> String {
     let mut q = Vec::new();
     if scheme == "telegram" {
-        q.push(format!("chats={}", o.chats.join(",")));
+        if !o.chats.is_empty() {
+            q.push(format!("chats={}", o.chats.join(",")));
+        }
         if let Some(t) = o.thread {
             q.push(format!("thread={t}"));
         }
@@ -412,6 +439,7 @@ fn telegram_shoutrrr(rest: &str) -> Parsed {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Channel {
         name: shown,
+        has_secret: true,
         kind: Kind::Telegram(Telegram {
             token,
             chats,
@@ -447,6 +475,7 @@ fn telegram_apprise(rest: &str) -> Parsed {
     }
     Ok(Channel {
         name: telegram_name("tgram", &o, &chats),
+        has_secret: true,
         kind: Kind::Telegram(Telegram {
             token,
             chats,
@@ -529,7 +558,11 @@ fn email(raw: &str) -> Parsed {
                 continue;
             }
         }
-        kept.push(format!("{k}={}", v.replace(['&', ' '], "")));
+        let v = v
+            .replace('%', "%25")
+            .replace('&', "%26")
+            .replace(' ', "%20");
+        kept.push(format!("{k}={v}"));
     }
     let security = match (implicit, starttls) {
         (true, Some(true)) => return Err(bad("smtps:// is TLS already; drop starttls".into())),
@@ -580,6 +613,7 @@ fn email(raw: &str) -> Parsed {
     }
     Ok(Channel {
         name: shown,
+        has_secret: password.is_some(),
         kind: Kind::Email(Email {
             host,
             port,
@@ -631,8 +665,10 @@ fn webhook(scheme: &str, real: &str, payload: Payload) -> Parsed {
         secret(&decode(url.username()));
     }
     let tail = if rest.len() > 1 { "/***" } else { "" };
+    let has_secret = rest.len() > 1 || !url.username().is_empty();
     Ok(Channel {
         name: format!("{scheme}://{user}{host}{port}{tail}"),
+        has_secret,
         kind: Kind::Webhook(Webhook {
             payload,
             url: url.to_string(),

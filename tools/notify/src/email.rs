@@ -82,18 +82,43 @@ fn try_send(
         .build()
         .send(&message)
         .map(|_| ())
-        .map_err(|err| words(&err, budget))
+        .map_err(|err| words(e, &err, budget))
 }
 
-fn words(err: &lettre::transport::smtp::Error, budget: &Budget) -> String {
-    if err.is_timeout() {
+fn words(e: &Email, err: &lettre::transport::smtp::Error, budget: &Budget) -> String {
+    if err.is_timeout() || socket_timed_out(err) {
         return budget.timed_out();
     }
     let text = err.to_string().replace('\n', " ");
     match err.status() {
         Some(code) if code.to_string() == "535" => format!("login refused: {text}"),
+        _ if text.contains("UnknownIssuer") => {
+            format!("{text} (a certificate from a private CA? trust it with --smtp-ca FILE)")
+        }
+        _ if text.starts_with("Connection error") => format!(
+            "cannot connect to {}:{}: {}",
+            e.host,
+            e.port,
+            text.trim_start_matches("Connection error: ")
+        ),
         _ => text,
     }
+}
+
+/// A read or write that ran into the socket's timeout shows as `WouldBlock` on Linux, which
+/// lettre's `is_timeout` does not count.
+fn socket_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The HTML part: the same lines, with links and bold kept.

@@ -145,6 +145,7 @@ pub(crate) struct Delivery {
 struct Report {
     channel: String,
     ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     ms: u64,
     messages: u32,
@@ -242,8 +243,18 @@ impl Args {
     fn channels(&self) -> Result<Vec<Channel>> {
         let mut channels = Vec::new();
         for url in self.to.iter().flat_map(|v| channel::split_list(v)) {
-            match Channel::parse(&url) {
-                Ok(c) => channels.push(c),
+            let expanded = channel::expand_env(&url).map_err(|e| Error::input("--to", e))?;
+            match Channel::parse(&expanded) {
+                Ok(c) => {
+                    if c.has_secret && on_command_line(&expanded) {
+                        kit::log::warn(&format!(
+                            "{}: its secret is on the command line, where `ps` shows it; put \
+                             the URL in NOTIFY_URLS, or write ${{VAR}} in its place and set VAR",
+                            c.name
+                        ));
+                    }
+                    channels.push(c)
+                }
                 Err(bad) => {
                     return Err(Error::input(
                         "--to",
@@ -299,6 +310,11 @@ impl Args {
         }
         Ok(Some(pem))
     }
+}
+
+/// Whether `url` was typed as an argument (rather than read from NOTIFY_URLS or `${VAR}`).
+fn on_command_line(url: &str) -> bool {
+    std::env::args().any(|a| a.contains(url))
 }
 
 /// Sends to every channel at once, each on its own thread within `timeout`; a channel still

@@ -174,7 +174,10 @@ impl Summary {
                 Span::Code(format!("{} ({})", f.tool, f.step)),
                 Span::text(format!(": {}", f.error)),
             ]);
-            doc.push(vec![Span::text(self.rollback_words())]);
+            // Only when restore ran: a failed swap leaves the old version serving by itself.
+            if self.rollback.is_some() {
+                doc.push(vec![Span::text(self.rollback_words())]);
+            }
         }
         if let Some(image) = &self.image {
             let mut line = vec![Span::text("Image: "), Span::Code(image.clone())];
@@ -239,7 +242,7 @@ impl Summary {
             Some(Rollback { ok: false, .. }) => {
                 "Rollback FAILED too: check the server now.".to_string()
             }
-            None => "Not rolled back.".to_string(),
+            None => String::new(),
         }
     }
 
@@ -438,6 +441,6 @@ mod tests {
             "restore": {"dry_run": true},
         }));
         assert!(s.rollback.is_none());
-        assert!(s.doc().plain().contains("Not rolled back."));
+        assert!(!s.doc().plain().contains("olled back"));
     }
 }
