@@ -130,9 +130,7 @@ fn a_wrong_password_is_refused_and_reported() {
         .record(&deployed())
         .run();
     out.code(1).one_record();
-    let error = out.record["notify"]["channels"][0]["error"]
-        .as_str()
-        .unwrap();
+    let error = error_of(&out);
     assert!(
         error.starts_with("login refused: permanent error (535)"),
         "{error}"
@@ -149,9 +147,7 @@ fn an_untrusted_certificate_is_refused_with_a_hint() {
         .record(&deployed())
         .run();
     out.code(1);
-    let error = out.record["notify"]["channels"][0]["error"]
-        .as_str()
-        .unwrap();
+    let error = error_of(&out);
     assert!(error.contains("UnknownIssuer"), "{error}");
     assert!(error.contains("--smtp-ca"), "{error}");
     assert!(smtp.messages().is_empty());
@@ -168,10 +164,7 @@ fn a_server_that_never_answers_costs_the_timeout_only() {
         .record(&deployed())
         .run();
     out.code(1);
-    assert_eq!(
-        out.record["notify"]["channels"][0]["error"],
-        "no answer within 1.0s"
-    );
+    assert_eq!(error_of(&out), "no answer within 1.0s");
     assert!(out.elapsed < Duration::from_secs(6), "{:?}", out.elapsed);
 }
 
@@ -181,9 +174,7 @@ fn a_stopped_server_is_reported() {
     let to = format!("smtps://127.0.0.1:{port}/?from=a@example.com&to=b@example.com");
     let out = notify().args(["--to", &to]).record(&deployed()).run();
     out.code(1);
-    let error = out.record["notify"]["channels"][0]["error"]
-        .as_str()
-        .unwrap();
+    let error = error_of(&out);
     assert!(
         error.starts_with(&format!("cannot connect to 127.0.0.1:{port}")),
         "{error}"

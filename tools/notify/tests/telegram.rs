@@ -8,9 +8,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use testkit::{json, StubServer, Value};
+use testkit::{json, Out, StubServer, Value};
 
 const TOKEN: &str = "123456789:AAtelegram-token-for-tests";
+
+/// One chat, Apprise style.
+fn chat() -> String {
+    format!("tgram://{TOKEN}/123")
+}
+
+/// notify with `record` on stdin, sending to [`chat`] through the stand-in `api`.
+fn to_chat(api: &StubServer, record: &Value) -> Out {
+    notify()
+        .args(["--telegram-api", &api.url(), "--to", &chat()])
+        .record(record)
+        .run()
+}
 
 #[test]
 fn sends_html_to_every_chat_with_thread_silence_and_no_preview() {
@@ -91,11 +104,7 @@ fn apprise_style_url_with_a_topic() {
 fn a_failed_deploy_says_who_where_why_and_the_rollback() {
     let api = bot();
     let record = failed();
-    let out = notify()
-        .args(["--telegram-api", &api.url()])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
-        .record(&record)
-        .run();
+    let out = to_chat(&api, &record);
     // Every channel got it: exit 0, and the deploy's failure is left exactly as it was.
     out.code(0).one_record();
     assert_eq!(out.record["failure"], record["failure"]);
@@ -126,11 +135,7 @@ fn a_message_over_4096_characters_is_split_on_lines_and_nothing_is_lost() {
         .map(|i| format!("log line {i:03}: <tag> & ünïcödé 😀 *x*"))
         .collect();
     record["failure"]["error"] = json!(long.join("\n"));
-    let out = notify()
-        .args(["--telegram-api", &api.url()])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
-        .record(&record)
-        .run();
+    let out = to_chat(&api, &record);
     out.code(0);
     let texts: Vec<String> = bodies(&api)
         .iter()
@@ -176,11 +181,7 @@ fn markup_telegram_cannot_parse_is_sent_again_as_plain_text() {
             tg_ok(req)
         }
     });
-    let out = notify()
-        .args(["--telegram-api", &api.url()])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
-        .record(&deployed())
-        .run();
+    let out = to_chat(&api, &deployed());
     out.code(0).stderr_has("sending it as plain text");
     let sent = bodies(&api);
     assert_eq!(sent.len(), 2);
@@ -210,11 +211,7 @@ fn a_429_waits_for_retry_after_then_delivers() {
             tg_ok(req)
         }
     });
-    let out = notify()
-        .args(["--telegram-api", &api.url()])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
-        .record(&deployed())
-        .run();
+    let out = to_chat(&api, &deployed());
     out.code(0);
     let t = times.lock().unwrap();
     assert_eq!(t.len(), 2);
@@ -236,7 +233,7 @@ fn a_retry_after_beyond_the_timeout_fails_at_once_and_says_why() {
     });
     let out = notify()
         .args(["--telegram-api", &api.url(), "--timeout", "3s"])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
+        .args(["--to", &chat()])
         .record(&deployed())
         .run();
     out.code(1).one_record();
@@ -254,17 +251,10 @@ fn a_retry_after_beyond_the_timeout_fails_at_once_and_says_why() {
 #[test]
 fn server_errors_are_retried_a_bounded_number_of_times() {
     let api = StubServer::start(|_| tg_error(502, "Bad Gateway", Value::Null));
-    let out = notify()
-        .args(["--telegram-api", &api.url()])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
-        .record(&deployed())
-        .run();
+    let out = to_chat(&api, &deployed());
     out.code(1);
     assert_eq!(api.requests().len(), 3);
-    assert_eq!(
-        out.record["notify"]["channels"][0]["error"],
-        "Telegram answered 502: Bad Gateway"
-    );
+    assert_eq!(error_of(&out), "Telegram answered 502: Bad Gateway");
 
     let calls = Arc::new(AtomicU32::new(0));
     let n = calls.clone();
@@ -275,12 +265,7 @@ fn server_errors_are_retried_a_bounded_number_of_times() {
             tg_ok(req)
         }
     });
-    notify()
-        .args(["--telegram-api", &api.url()])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
-        .record(&deployed())
-        .run()
-        .code(0);
+    to_chat(&api, &deployed()).code(0);
     assert_eq!(api.requests().len(), 2);
 }
 
@@ -311,17 +296,10 @@ fn a_refused_token_or_chat_is_reported_in_telegrams_words() {
     assert_eq!(report["messages"], 1);
 
     let api = StubServer::start(|_| tg_error(401, "Unauthorized", Value::Null));
-    let out = notify()
-        .args(["--telegram-api", &api.url()])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
-        .record(&deployed())
-        .run();
+    let out = to_chat(&api, &deployed());
     out.code(1);
     assert_eq!(api.requests().len(), 1, "a 401 is not retried");
-    assert_eq!(
-        out.record["notify"]["channels"][0]["error"],
-        "Telegram answered 401: Unauthorized"
-    );
+    assert_eq!(error_of(&out), "Telegram answered 401: Unauthorized");
 }
 
 #[test]
@@ -329,12 +307,9 @@ fn an_unreachable_api_fails_with_a_clear_error() {
     let port = testkit::free_port();
     let out = notify()
         .args(["--telegram-api", &format!("http://127.0.0.1:{port}")])
-        .args(["--to", &format!("tgram://{TOKEN}/123")])
+        .args(["--to", &chat()])
         .record(&deployed())
         .run();
     out.code(1);
-    assert_eq!(
-        out.record["notify"]["channels"][0]["error"],
-        "connection refused"
-    );
+    assert_eq!(error_of(&out), "connection refused");
 }

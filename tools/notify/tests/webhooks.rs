@@ -132,10 +132,7 @@ fn a_webhook_that_refuses_fails_and_says_what_it_answered() {
         .record(&deployed())
         .run();
     out.code(1).one_record();
-    assert_eq!(
-        out.record["notify"]["channels"][0]["error"],
-        "HTTP 404: no such hook"
-    );
+    assert_eq!(error_of(&out), "HTTP 404: no such hook");
     assert!(out.record.get("failure").is_none());
 }
 
@@ -147,8 +144,5 @@ fn a_webhook_that_is_down_is_retried_then_reported() {
         .record(&deployed())
         .run();
     out.code(1);
-    assert_eq!(
-        out.record["notify"]["channels"][0]["error"],
-        "connection refused"
-    );
+    assert_eq!(error_of(&out), "connection refused");
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use testkit::{eventually, free_port, json, tool, Reply, Request, Run, StubServer, Value};
+use testkit::{eventually, free_port, json, tool, Out, Reply, Request, Run, StubServer, Value};
 
 /// A commit message with everything that breaks Markdown and HTML senders.
 pub const NASTY: &str = "Fix <b>bold</b> & snake_case_name *stars* [x](y) `tick`";
@@ -101,6 +101,14 @@ pub fn bodies(stub: &StubServer) -> Vec<Value> {
         .iter()
         .map(|r| serde_json::from_str(&r.body).unwrap_or(Value::Null))
         .collect()
+}
+
+/// The first channel's error, as the record says it ("" when it has none).
+pub fn error_of(out: &Out) -> String {
+    out.record["notify"]["channels"][0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// What Telegram shows of an HTML-mode text: tags dropped, the three entities read back.
