@@ -766,6 +766,13 @@ impl Swap<'_> {
         self.end("switch");
 
         let Some(old) = &pre.old else {
+            // First deploy: nothing to stop, but the old nginx workers still answer from the
+            // previous configuration until they exit; the service is live once they are gone.
+            if drain_from.as_ref().is_some_and(|w| !w.is_empty()) {
+                self.begin("drain")?;
+                self.drain(pre, drain_from.as_ref());
+                self.end("drain");
+            }
             return Ok(());
         };
         let interrupted = self.begin("drain").err();
@@ -914,7 +921,7 @@ impl Swap<'_> {
                 expect_body: None,
                 headers: Vec::new(),
             }),
-            _ => Target::Container(id.clone()),
+            _ => Target::Container(self.new_name.clone()),
         };
         self.report.health_url = self.health_url(pre, &ip);
         let wait = Wait {
@@ -937,26 +944,52 @@ impl Swap<'_> {
             }
             false
         };
-        let outcome: Outcome = wait.run(Some(engine), &|| stop() || probe_dead())?;
+        let early = inspected.as_ref().and_then(cannot_become_healthy);
+        let outcome: Outcome = match early {
+            // Already gone (it crashed at once): no need to wait for anything.
+            Some(why) => {
+                *dead.borrow_mut() = Some(why.clone());
+                Outcome {
+                    target: wait.target.to_string(),
+                    healthy: false,
+                    attempts: 0,
+                    elapsed_ms: 0,
+                    last_status: None,
+                    last: why,
+                }
+            }
+            None => wait.run(Some(engine), &|| stop() || probe_dead())?,
+        };
         self.report.health = Some(outcome.clone());
         if outcome.healthy {
             return Ok(ip);
         }
         self.check("health")?;
-        kit::docker::report_failed_container(self.engine, &id);
-        let why = dead.into_inner().unwrap_or(outcome.last);
+        kit::docker::report_failed_container(self.engine, &self.new_name);
+        let still = if pre.old.is_some() && !matches!(self.req.strategy, Strategy::Recreate) {
+            format!("; {} keeps serving", self.req.container)
+        } else {
+            String::new()
+        };
+        let dead = dead.into_inner().or_else(|| {
+            self.engine
+                .inspect(&id)
+                .ok()
+                .flatten()
+                .as_ref()
+                .and_then(cannot_become_healthy)
+        });
         Err(Error::step(
             "health",
-            format!(
-                "{} did not become healthy within {}: {why}; {} keeps serving",
-                self.new_name,
-                kit::human(self.req.health.timeout),
-                if pre.old.is_some() && !matches!(self.req.strategy, Strategy::Recreate) {
-                    self.req.container.as_str()
-                } else {
-                    "the old container"
-                }
-            ),
+            match dead {
+                Some(why) => format!("{} cannot become healthy: {why}{still}", self.new_name),
+                None => format!(
+                    "{} did not become healthy within {}: {}{still}",
+                    self.new_name,
+                    kit::human(self.req.health.timeout),
+                    outcome.last
+                ),
+            },
         ))
     }
 
