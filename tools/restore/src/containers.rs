@@ -1,0 +1,419 @@
+//! The containers part of a restore: for each recorded service, find what runs now, make sure
+//! the recorded image is on the engine (pulling it by digest when it is gone), and recreate
+//! the container from the recorded configuration through swap's engine, with zero downtime
+//! for the nginx and alias strategies.
+
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::CreateImageOptionsBuilder;
+use futures_util::StreamExt;
+use kit::docker::Engine;
+use kit::health::Outcome;
+use kit::{Error, Record, Result};
+use serde::Serialize;
+use snapshot::manifest::ContainerEntry;
+
+use crate::Args;
+
+/// What happens to one service's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Recreated from the recorded configuration and image.
+    Recreated,
+    /// The recorded container itself still runs: nothing to do.
+    Unchanged,
+}
+
+/// One container of the plan.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub entry: ContainerEntry,
+    pub action: Action,
+    /// What to run: the recorded reference when it still names the recorded image, else the id.
+    pub image: String,
+    /// The digest reference to pull the image back from, when it is gone.
+    pub pull: Option<String>,
+    pub strategy: Option<swap::Strategy>,
+}
+
+/// What was done, per container: `restore.containers[]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub service: String,
+    pub name: String,
+    pub action: Action,
+    pub image_id: String,
+    pub image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// The container that ran before (replaced) and the one that runs now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_url: Option<String>,
+    /// `--dry-run`: swap's plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<serde_json::Value>,
+}
+
+impl Restored {
+    fn of(p: &Planned) -> Restored {
+        Restored {
+            service: p.entry.service.clone(),
+            name: p.entry.name.clone(),
+            action: p.action,
+            image_id: p.entry.image.id.clone(),
+            image: p.image.clone(),
+            pulled: None,
+            strategy: p.strategy.as_ref().map(|s| s.name().to_string()),
+            old: None,
+            new: None,
+            health: None,
+            health_url: None,
+            plan: None,
+        }
+    }
+}
+
+/// Plans every container, checking all that can be checked before anything changes: the
+/// image is present or pullable (by a recorded registry digest), and how traffic moves.
+pub fn plan(
+    engine: &Engine,
+    entries: &[ContainerEntry],
+    args: &Args,
+    record: &Record,
+) -> Result<Vec<Planned>> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let live = engine.inspect(&entry.name)?;
+        let running = live
+            .as_ref()
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.running)
+            == Some(true);
+        if running && live.as_ref().and_then(|c| c.id.as_deref()) == Some(entry.id.as_str()) {
+            kit::log::info(&format!(
+                "{} is still the container of the snapshot ({}): left as it is",
+                entry.name,
+                short(&entry.id)
+            ));
+            out.push(Planned {
+                entry: entry.clone(),
+                action: Action::Unchanged,
+                image: entry.image.reference.clone(),
+                pull: None,
+                strategy: None,
+            });
+            continue;
+        }
+        let (image, pull) = image(engine, entry)?;
+        let strategy = strategy(entry, args, record)?;
+        out.push(Planned {
+            entry: entry.clone(),
+            action: Action::Recreated,
+            image,
+            pull,
+            strategy: Some(strategy),
+        });
+    }
+    Ok(out)
+}
+
+/// The image to run and, when it is gone, the digest reference to pull it from. An image
+/// that is gone and was never pushed (no registry digest) fails here.
+fn image(engine: &Engine, entry: &ContainerEntry) -> Result<(String, Option<String>)> {
+    let id = &entry.image.id;
+    let present = |reference: &str| -> Result<Option<String>> {
+        match engine.block(engine.docker.inspect_image(reference)) {
+            Ok(i) => Ok(i.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(Error::docker(
+                "preflight",
+                format!("inspect image {reference}"),
+                e,
+            )),
+        }
+    };
+    // Run it by its reference when that still names the recorded image: `docker ps` reads better.
+    let name = |reference: &str| -> Result<String> {
+        Ok(
+            if !reference.is_empty() && present(reference)?.as_deref() == Some(id.as_str()) {
+                reference.to_string()
+            } else {
+                id.clone()
+            },
+        )
+    };
+    if present(id)?.is_some() {
+        return Ok((name(&entry.image.reference)?, None));
+    }
+    let Some(digest) = entry.image.repo_digests.first() else {
+        return Err(Error::step(
+            "preflight",
+            format!(
+                "the image of {} ({}, {}) is no longer on this engine and cannot be pulled back: \
+                 it was never pushed to a registry (no digest recorded); nothing was changed",
+                entry.service,
+                entry.image.reference,
+                short(id)
+            ),
+        ));
+    };
+    Ok((name(&entry.image.reference)?, Some(digest.clone())))
+}
+
+/// Pulls the planned images that are gone, by digest, and checks the pulled image is the
+/// recorded one. Changes nothing a user runs.
+pub fn pull(engine: &Engine, planned: &[Planned]) -> Result<Vec<String>> {
+    let mut pulled = Vec::new();
+    for p in planned {
+        let Some(reference) = p.pull.clone() else {
+            continue;
+        };
+        kit::log::info(&format!(
+            "pulling {reference}: the image of {} is no longer on this engine",
+            p.entry.service
+        ));
+        let mut errors = Vec::new();
+        let candidates: Vec<String> = std::iter::once(reference.clone())
+            .chain(p.entry.image.repo_digests.iter().skip(1).cloned())
+            .collect();
+        let mut ok = false;
+        for candidate in &candidates {
+            let options = CreateImageOptionsBuilder::default()
+                .from_image(candidate)
+                .build();
+            let mut stream = engine.docker.create_image(Some(options), None, None);
+            let result: std::result::Result<(), bollard::errors::Error> = engine.block(async {
+                while let Some(item) = stream.next().await {
+                    item?;
+                }
+                Ok(())
+            });
+            match result {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) => errors.push(format!(
+                    "{candidate}: {}",
+                    Error::docker("preflight", "pull", e)
+                )),
+            }
+        }
+        let got = engine
+            .block(engine.docker.inspect_image(&p.entry.image.id))
+            .ok()
+            .and_then(|i| i.id);
+        if !ok || got.as_deref() != Some(p.entry.image.id.as_str()) {
+            return Err(Error::step(
+                "preflight",
+                format!(
+                    "the image of {} ({}) is no longer on this engine and pulling it back failed \
+                     ({}); nothing was changed",
+                    p.entry.service,
+                    short(&p.entry.image.id),
+                    if errors.is_empty() {
+                        "the registry gave another image".to_string()
+                    } else {
+                        errors.join("; ")
+                    }
+                ),
+            ));
+        }
+        pulled.push(reference);
+    }
+    Ok(pulled)
+}
+
+/// How traffic moves for this service: the flags, else what swap did earlier in this deploy
+/// (the record's `swap`), else `recreate` for a container that owns host ports.
+fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap::Strategy> {
+    use crate::StrategyName as S;
+    let from_record = record.string("swap.service")?.as_deref() == Some(entry.service.as_str());
+    let recorded = if from_record {
+        record.string("swap.strategy")?
+    } else {
+        None
+    };
+    let name = match (args.strategy, &args.upstream_file, recorded.as_deref()) {
+        (Some(s), _, _) => s,
+        (None, Some(_), _) => S::Nginx,
+        (None, None, Some("nginx")) => S::Nginx,
+        (None, None, Some("alias")) => S::Alias,
+        (None, None, Some("recreate")) => S::Recreate,
+        _ if !swap_host_ports(&entry.inspect).is_empty() => S::Recreate,
+        _ => {
+            return Err(Error::input(
+                "--strategy",
+                format!(
+                    "how does traffic reach {}? pass --strategy nginx --upstream-file PATH, \
+                     --strategy alias, or --strategy recreate (nothing was changed)",
+                    entry.service
+                ),
+            ))
+        }
+    };
+    Ok(match name {
+        S::Nginx => {
+            let file = match &args.upstream_file {
+                Some(f) => Some(std::path::absolute(f).map_err(|e| {
+                    Error::input("--upstream-file", format!("cannot resolve it: {e}"))
+                })?),
+                None if from_record => record.string("swap.switch.upstream_file")?.map(Into::into),
+                None => None,
+            }
+            .ok_or_else(|| {
+                Error::input(
+                    "--upstream-file",
+                    "the nginx strategy needs the upstream include file to rewrite",
+                )
+            })?;
+            let mut n = swap::Nginx::new(file);
+            n.upstream = args.upstream.clone().or(if from_record {
+                record.string("swap.switch.upstream")?
+            } else {
+                None
+            });
+            n.container = args.nginx_container.clone().or(if from_record {
+                record
+                    .string("swap.switch.nginx")?
+                    .and_then(|s| s.strip_prefix("container ").map(str::to_string))
+            } else {
+                None
+            });
+            n.service_url.clone_from(&args.service_url);
+            swap::Strategy::Nginx(n)
+        }
+        S::Alias => {
+            let mut a = swap::Alias::new();
+            a.alias = args.alias.clone().or(if from_record {
+                record.string("swap.switch.alias")?
+            } else {
+                None
+            });
+            a.network = args.alias_network.clone().or(if from_record {
+                record.string("swap.switch.network")?
+            } else {
+                None
+            });
+            swap::Strategy::Alias(a)
+        }
+        S::Recreate => swap::Strategy::Recreate,
+    })
+}
+
+/// Host ports a container binds.
+fn swap_host_ports(c: &ContainerInspectResponse) -> Vec<String> {
+    c.host_config
+        .as_ref()
+        .and_then(|h| h.port_bindings.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|(_, b)| {
+            b.iter()
+                .flatten()
+                .any(|b| b.host_port.as_deref().is_some_and(|p| !p.is_empty()))
+        })
+        .map(|(port, _)| port.clone())
+        .collect()
+}
+
+/// The swap request that recreates one container from its recorded configuration.
+fn request(p: &Planned, args: &Args, dry_run: bool) -> swap::Request {
+    let strategy = p.strategy.clone().unwrap_or(swap::Strategy::Recreate);
+    let mut req = swap::Request::new(&p.entry.service, &p.image, strategy);
+    req.container.clone_from(&p.entry.name);
+    req.template = Some(p.entry.inspect.clone());
+    req.port = args.port;
+    req.health.path.clone_from(&args.health_path);
+    req.health.timeout = args.health_timeout;
+    req.keep = args.keep_old;
+    if let Some(dir) = &args.lock_dir {
+        req.lock_dir.clone_from(dir);
+    }
+    req.lock_wait = args.lock_wait;
+    req.dry_run = dry_run;
+    req
+}
+
+/// Recreates the planned containers, one service at a time, each waited healthy by swap
+/// before traffic moves to it. Stops at the first failure, keeping what was done so far in
+/// `done` (the error says which service failed; those before it are restored).
+pub fn apply(
+    engine: &Engine,
+    planned: &[Planned],
+    args: &Args,
+    pulled: &[String],
+    stop: &dyn Fn() -> bool,
+    done: &mut Vec<Restored>,
+) -> Result<()> {
+    for p in planned {
+        let mut r = Restored::of(p);
+        r.pulled = p
+            .pull
+            .clone()
+            .filter(|reference| pulled.contains(reference));
+        if p.action == Action::Unchanged {
+            r.new = Some(p.entry.id.clone());
+            done.push(r);
+            continue;
+        }
+        kit::log::info(&format!(
+            "recreating {} from the snapshot: {} ({})",
+            p.entry.name,
+            p.image,
+            short(&p.entry.image.id)
+        ));
+        let result = swap::replace(engine, &request(p, args, false), stop);
+        match result {
+            Ok(report) => {
+                r.old = report.old.map(|c| c.id);
+                r.new = report.new.map(|c| c.id);
+                r.health = report.health;
+                r.health_url = report.health_url;
+                done.push(r);
+            }
+            Err(e) => {
+                done.push(r);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--dry-run`: swap's plan for each container that would be recreated (when its image is
+/// here; a pull is only announced).
+pub fn dry_run(engine: &Engine, planned: &[Planned], args: &Args) -> Result<Vec<Restored>> {
+    let mut out = Vec::new();
+    for p in planned {
+        let mut r = Restored::of(p);
+        if p.action == Action::Recreated {
+            if let Some(reference) = &p.pull {
+                kit::log::info(&format!(
+                    "would pull {reference} (the image of {} is gone), then recreate {}",
+                    p.entry.service, p.entry.name
+                ));
+            } else {
+                let report = swap::replace(engine, &request(p, args, true), &|| false)?;
+                r.plan = report.plan;
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn short(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    &id[..id.len().min(12)]
+}

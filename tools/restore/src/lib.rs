@@ -1,0 +1,503 @@
+//! restore: roll back to a snapshot: the deploy's files, and its services' containers on their
+//! recorded configuration and image, with zero downtime.
+//!
+//! Reads from the record: `failure` (restore acts on a failed deploy; on a record without one
+//! it does nothing unless `--latest` or `--id` is given), `snapshot.path` / `snapshot.id` (the
+//! snapshot taken earlier in the same deploy, so `snapshot | swap | restore` rolls back a
+//! failed swap) and `swap` (how traffic moved, to move it back the same way). Adds `restore`:
+//! the `snapshot` used, the deploy `dir`, each file and container with what was done to it,
+//! the counts, `healthy`, `health_url` and per-step times. Keeps `failure`: a rolled-back
+//! deploy is still a failed deploy, and restore then exits 1.
+
+mod containers;
+mod files;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kit::{Common, Done, Error, Record, Result, Tool};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use snapshot::manifest::FILES;
+use snapshot::store;
+pub use swap::StrategyName;
+
+/// Roll back to a snapshot: verify it whole, restore the files atomically, recreate the
+/// services' containers from their recorded configuration and image, wait until healthy.
+///
+/// Which snapshot: --id, --latest, else the one the record names (taken earlier in the same
+/// deploy). On a record without a failure and without --id/--latest it does nothing.
+///
+/// Example: snapshot --service backend | swap --service backend ... | restore --strategy alias
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Args {
+    /// Restore this snapshot (its directory name in the backups directory, see snapshot --list)
+    #[arg(long, env = "RESTORE_ID", value_name = "ID", conflicts_with = "latest")]
+    pub id: Option<String>,
+
+    /// Restore the newest whole snapshot
+    #[arg(long, env = "RESTORE_LATEST")]
+    pub latest: bool,
+
+    /// The deploy directory to restore the files into [default: the one the snapshot was taken
+    /// of]
+    #[arg(long, env = "DEPLOY_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Where snapshots are kept, for --id and --latest [default: <DIR>/backups]
+    #[arg(long, env = "DEPLOY_BACKUPS", value_name = "DIR")]
+    pub backups: Option<PathBuf>,
+
+    /// Only these services' containers (default: every one in the snapshot); repeatable
+    #[arg(
+        long = "service",
+        env = "RESTORE_SERVICES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub services: Vec<String>,
+
+    /// Restore the files only, leave the containers as they are
+    #[arg(long, env = "RESTORE_NO_CONTAINERS", conflicts_with = "no_files")]
+    pub no_containers: bool,
+
+    /// Recreate the containers only, leave the files as they are
+    #[arg(long, env = "RESTORE_NO_FILES")]
+    pub no_files: bool,
+
+    /// Show what would be restored and recreated; change nothing
+    #[arg(long, env = "RESTORE_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// How traffic moves to the recreated container [default: what swap did earlier in this
+    /// deploy (from the record); recreate for a container that owns host ports]
+    #[arg(long, env = "RESTORE_STRATEGY", value_enum)]
+    pub strategy: Option<StrategyName>,
+
+    /// nginx: the upstream include file to rewrite (default: the record's swap.switch)
+    #[arg(long, env = "RESTORE_UPSTREAM_FILE", value_name = "PATH")]
+    pub upstream_file: Option<PathBuf>,
+
+    /// nginx: the upstream block's name (default: the service name)
+    #[arg(long, env = "RESTORE_UPSTREAM", value_name = "NAME")]
+    pub upstream: Option<String>,
+
+    /// nginx: the container nginx runs in; default: this host
+    #[arg(long, env = "RESTORE_NGINX_CONTAINER", value_name = "NAME")]
+    pub nginx_container: Option<String>,
+
+    /// The service's URL through the proxy (recorded as the health URL)
+    #[arg(long, env = "RESTORE_SERVICE_URL", value_name = "URL")]
+    pub service_url: Option<String>,
+
+    /// alias: the network alias the proxy resolves (default: the service name)
+    #[arg(long, env = "RESTORE_ALIAS", value_name = "NAME")]
+    pub alias: Option<String>,
+
+    /// alias: the network carrying the alias (default: the container's first network)
+    #[arg(long, env = "RESTORE_ALIAS_NETWORK", value_name = "NETWORK")]
+    pub alias_network: Option<String>,
+
+    /// The port the app listens on inside the container (default: the image's only exposed port)
+    #[arg(long, env = "RESTORE_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// HTTP path probed on the recreated container, e.g. /api/v1/health (default: its
+    /// HEALTHCHECK)
+    #[arg(long, env = "RESTORE_HEALTH_PATH", value_name = "PATH")]
+    pub health_path: Option<String>,
+
+    /// How long a recreated container may take to become healthy
+    #[arg(long, env = "RESTORE_HEALTH_TIMEOUT", default_value = "60s", value_name = "DURATION",
+          value_parser = kit::parse_duration)]
+    pub health_timeout: Duration,
+
+    /// How many stopped containers of the failed version to keep (named <name>-old-<id>)
+    #[arg(
+        long = "keep-old",
+        env = "RESTORE_KEEP_OLD",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    pub keep_old: usize,
+
+    /// Directory of the deploy lock files (swap's default)
+    #[arg(long, env = "SWAP_LOCK_DIR", value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+
+    /// Wait this long for a deploy of the same service to finish
+    #[arg(long, env = "RESTORE_LOCK_WAIT", default_value = "30s", value_name = "DURATION",
+          value_parser = kit::parse_duration)]
+    pub lock_wait: Duration,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl Tool for Args {
+    const NAME: &'static str = "restore";
+    const ACTS_ON_FAILURE: bool = true;
+
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn run(self, record: &mut Record) -> Result<Done> {
+        let started = Instant::now();
+        let failed = record.failure().is_some();
+        let mut out = Restore {
+            dry_run: self.dry_run,
+            ..Restore::default()
+        };
+        let result = self.restore(record, &mut out);
+        out.ms.insert(
+            "total".into(),
+            (started.elapsed().as_millis() as u64).into(),
+        );
+        match result {
+            Ok(()) if failed => Ok(Done::partial(out)),
+            Ok(()) => Ok(Done::ok(out)),
+            Err(e) => {
+                out.error = Some(e.to_string());
+                record.set(Self::NAME, &out);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `restore` in the record.
+#[derive(Debug, Default, Serialize)]
+pub struct Restore {
+    /// Whether anything was restored (false: nothing to roll back, or a dry run).
+    restored: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<PathBuf>,
+    files: Vec<FileDone>,
+    files_restored: usize,
+    containers: Vec<containers::Restored>,
+    containers_recreated: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_url: Option<String>,
+    dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    ms: Map<String, Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct SnapshotRef {
+    id: String,
+    path: PathBuf,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FileDone {
+    path: String,
+    action: files::Action,
+}
+
+/// Times the steps into `ms`.
+struct Clock {
+    step: Instant,
+}
+
+impl Clock {
+    fn lap(&mut self, out: &mut Restore, step: &str) {
+        out.ms
+            .insert(step.into(), (self.step.elapsed().as_millis() as u64).into());
+        self.step = Instant::now();
+    }
+}
+
+impl Args {
+    fn restore(&self, record: &Record, out: &mut Restore) -> Result<()> {
+        let mut clock = Clock {
+            step: Instant::now(),
+        };
+        let failure = record.failure();
+        if failure.is_none() && !self.latest && self.id.is_none() {
+            let why = "the record carries no failure: nothing to roll back (pass --latest or \
+                       --id ID to restore anyway)";
+            kit::log::info(why);
+            out.reason = Some(why.into());
+            return Ok(());
+        }
+        if let Some(f) = &failure {
+            kit::log::info(&format!(
+                "rolling back: {} failed at {}: {}",
+                f.tool, f.step, f.error
+            ));
+        }
+        let path = self.select(record)?;
+        let id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Held until the end: retention skips a snapshot a restore is reading.
+        let _held = store::hold(&path, Duration::from_secs(10))?;
+        let manifest = store::verify(&path).map_err(|p| {
+            Error::step(
+                "verify",
+                format!("snapshot {id} is refused: {p}; nothing was changed"),
+            )
+        })?;
+        for f in &manifest.files {
+            if snapshot::take::is_env_file(&f.path) {
+                let text = std::fs::read_to_string(path.join(FILES).join(&f.path));
+                snapshot::take::register_env_values(&text.unwrap_or_default());
+            }
+        }
+        out.snapshot = Some(SnapshotRef {
+            id: id.clone(),
+            path: path.clone(),
+            created_at: manifest.created_at.clone(),
+        });
+        let dir_given = self.dir.clone().unwrap_or(manifest.deploy_dir.clone());
+        let dir = std::fs::canonicalize(&dir_given).map_err(|e| {
+            Error::input(
+                "--dir",
+                format!(
+                    "the deploy directory {} is missing: {e}",
+                    dir_given.display()
+                ),
+            )
+        })?;
+        out.dir = Some(dir.clone());
+        clock.lap(out, "verify");
+
+        let planned_files = if self.no_files {
+            Vec::new()
+        } else {
+            files::plan(&path, &dir, &manifest.files)?
+        };
+        let entries: Vec<_> = if self.no_containers {
+            Vec::new()
+        } else {
+            for s in &self.services {
+                if !manifest.containers.iter().any(|c| c.service == *s) {
+                    return Err(Error::input(
+                        "--service",
+                        format!("snapshot {id} has no container of service {s}"),
+                    ));
+                }
+            }
+            manifest
+                .containers
+                .iter()
+                .filter(|c| self.services.is_empty() || self.services.contains(&c.service))
+                .cloned()
+                .collect()
+        };
+        let engine = if entries.is_empty() {
+            None
+        } else {
+            Some(kit::docker::Engine::connect("preflight")?)
+        };
+        let planned = match &engine {
+            Some(engine) => containers::plan(engine, &entries, self, record)?,
+            None => Vec::new(),
+        };
+        out.files = planned_files
+            .iter()
+            .map(|p| FileDone {
+                path: p.entry.path.clone(),
+                action: p.action,
+            })
+            .collect();
+        clock.lap(out, "plan");
+
+        if self.dry_run {
+            show_plan(&id, &planned_files, &planned);
+            if let Some(engine) = &engine {
+                out.containers = containers::dry_run(engine, &planned, self)?;
+            }
+            return Ok(());
+        }
+
+        let pulled = match &engine {
+            Some(engine) => containers::pull(engine, &planned)?,
+            None => Vec::new(),
+        };
+        clock.lap(out, "pull");
+
+        files::apply(&planned_files)?;
+        out.restored = true;
+        out.files_restored = planned_files
+            .iter()
+            .filter(|p| p.action != files::Action::Unchanged)
+            .count();
+        for p in &planned_files {
+            match p.action {
+                files::Action::Unchanged => kit::log::debug(&format!("{} unchanged", p.entry.path)),
+                action => kit::log::info(&format!(
+                    "{} {} (mode {})",
+                    if action == files::Action::Created {
+                        "created"
+                    } else {
+                        "restored"
+                    },
+                    p.entry.path,
+                    p.entry.mode
+                )),
+            }
+        }
+        clock.lap(out, "files");
+
+        if let Some(engine) = &engine {
+            let stop = signals();
+            let stop = move || stop.load(Ordering::SeqCst);
+            let result =
+                containers::apply(engine, &planned, self, &pulled, &stop, &mut out.containers);
+            out.containers_recreated = out
+                .containers
+                .iter()
+                .filter(|c| c.action == containers::Action::Recreated && c.new.is_some())
+                .count();
+            out.health_url = out.containers.iter().find_map(|c| c.health_url.clone());
+            out.healthy = Some(
+                result.is_ok()
+                    && out
+                        .containers
+                        .iter()
+                        .all(|c| c.health.as_ref().is_none_or(|h| h.healthy)),
+            );
+            clock.lap(out, "containers");
+            result?;
+        }
+
+        kit::log::info(&format!(
+            "restored {id}: {} file(s) restored, {} container(s) recreated{}",
+            out.files_restored,
+            out.containers_recreated,
+            if failure.is_some() {
+                "; the deploy still counts as failed"
+            } else {
+                ""
+            }
+        ));
+        Ok(())
+    }
+
+    /// The snapshot to restore: --id, --latest, else the record's.
+    fn select(&self, record: &Record) -> Result<PathBuf> {
+        let base = self.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        let backups = || snapshot::backups_dir(&base, self.backups.as_deref());
+        if let Some(id) = &self.id {
+            if store::Name::parse(id).is_none() {
+                return Err(Error::input(
+                    "--id",
+                    format!(
+                        "'{id}' is not a snapshot id (YYYYMMDD_HHMMSS[-N]; see snapshot --list)"
+                    ),
+                ));
+            }
+            let path = backups()?.join(id);
+            return match store::verify(&path) {
+                Err(store::Problem::NoManifest) => Err(Error::input(
+                    "--id",
+                    format!("there is no snapshot {id} in {}", backups()?.display()),
+                )),
+                _ => Ok(path),
+            };
+        }
+        if self.latest {
+            let backups = backups()?;
+            return match store::latest_good(&backups)? {
+                Some(entry) => {
+                    kit::log::info(&format!("the latest whole snapshot is {}", entry.id));
+                    Ok(entry.path)
+                }
+                None => Err(Error::step(
+                    "select",
+                    format!(
+                        "there is no whole snapshot in {} to restore",
+                        backups.display()
+                    ),
+                )),
+            };
+        }
+        if let Some(path) = record.string("snapshot.path")? {
+            return Ok(PathBuf::from(path));
+        }
+        if let Some(id) = record.string("snapshot.id")? {
+            if store::Name::parse(&id).is_some() {
+                return Ok(backups()?.join(id));
+            }
+        }
+        Err(Error::input(
+            "snapshot.path",
+            "the record names no snapshot (run snapshot earlier in the pipe), and neither \
+             --latest nor --id was given",
+        ))
+    }
+}
+
+/// SIGINT and SIGTERM set a flag that swap checks between its steps: a recreate then stops
+/// before the switch, leaving what serves as it is.
+fn signals() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&flag)) {
+            kit::log::warn(&format!("cannot handle signal {sig}: {e}"));
+        }
+    }
+    flag
+}
+
+/// `--dry-run`: what would change, on stderr.
+fn show_plan(id: &str, files: &[files::Planned], containers: &[containers::Planned]) {
+    let mut lines = Vec::new();
+    for f in files {
+        lines.push(match f.action {
+            files::Action::Unchanged => {
+                format!("keep     {} (already the snapshot's)", f.entry.path)
+            }
+            files::Action::Created => format!(
+                "create   {} ({} bytes, mode {})",
+                f.entry.path, f.entry.size, f.entry.mode
+            ),
+            files::Action::Restored => format!(
+                "restore  {} ({} bytes, mode {})",
+                f.entry.path, f.entry.size, f.entry.mode
+            ),
+        });
+    }
+    for c in containers {
+        lines.push(match c.action {
+            containers::Action::Unchanged => {
+                format!(
+                    "keep     container {} (the snapshot's own, running)",
+                    c.entry.name
+                )
+            }
+            containers::Action::Recreated => format!(
+                "recreate container {} from {}{} ({})",
+                c.entry.name,
+                c.image,
+                if c.pull.is_some() {
+                    ", pulled first"
+                } else {
+                    ""
+                },
+                c.strategy.as_ref().map_or("", |s| s.name())
+            ),
+        });
+    }
+    kit::log::block(
+        &format!("dry run: nothing changed; restoring {id} would:"),
+        &lines,
+        false,
+    );
+}
