@@ -15,3 +15,7 @@ lint:
 # healthwait: readiness delay and CPU vs the hand-rolled curl loop, startup time
 bench-healthwait:
     scripts/bench-healthwait
+
+# notify: latency it adds to a pipe vs the Telegram curl users run, and a hanging channel
+bench-notify:
+    scripts/bench-notify
