@@ -8,12 +8,19 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Context {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub run_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_url: Option<String>,
 }
 

@@ -36,7 +36,7 @@ use template::Template;
 /// Tell people how the deploy went: Telegram, email over SMTP, Slack, Discord or a JSON
 /// webhook, several at once. Reads the deploy record on stdin, so it goes last in a pipe:
 ///
-///   img-build … | img-push | swap … | notify --to "$TELEGRAM_URL"
+///   img-build … | img-push | swap … | notify --to 'tgram://${TELEGRAM_TOKEN}/-1001234567890'
 ///
 /// It reports a failed deploy as faithfully as a good one (which tool, which step, why, and
 /// whether it was rolled back). Every channel is tried, at the same time, each within
@@ -51,6 +51,7 @@ pub struct Args {
     /// (STARTTLS; starttls=no only to loopback), smtps://… (implicit TLS),
     /// slack://A/B/C, discord://TOKEN@ID, json://host/path or webhook+https://host/path
     /// (the summary as JSON), slack+https://… and discord+https://… for compatible servers.
+    /// Write ${VAR} for a secret and set VAR, so the secret stays out of `ps`.
     #[arg(
         long = "to",
         value_name = "URL",

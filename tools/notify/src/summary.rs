@@ -21,14 +21,21 @@ pub struct Summary {
     pub title: String,
     /// The whole message as plain text.
     pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deploy_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(flatten)]
     pub context: Context,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
     pub steps: Vec<StepTime>,
     pub total_ms: u64,
@@ -45,6 +52,7 @@ pub struct FailureInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct Rollback {
     pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
 }
 
