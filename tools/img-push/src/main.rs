@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    kit::main::<img_push::Args>()
+}
