@@ -19,3 +19,7 @@ bench-healthwait:
 # notify: latency it adds to a pipe vs the Telegram curl users run, and a hanging channel
 bench-notify:
     scripts/bench-notify
+
+# swap: failed requests under wrk/hey load through nginx vs docker-compose's recreate, slow requests, never-healthy image, overhead
+bench-swap:
+    scripts/bench-swap

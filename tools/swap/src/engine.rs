@@ -775,10 +775,11 @@ impl Swap<'_> {
             }
             return Ok(());
         };
-        let interrupted = self.begin("drain").err();
+        let mut interrupted = self.begin("drain").err();
         if interrupted.is_none() {
             self.drain(pre, drain_from.as_ref());
             self.end("drain");
+            interrupted = self.check("drain").err();
         }
         let interrupted = interrupted.or_else(|| self.begin("stop").err());
         self.stop_old(old);
