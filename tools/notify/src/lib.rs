@@ -2,10 +2,11 @@
 //!
 //! Reads from the record: `failure` (which tool and step failed, and why), `steps` (how long
 //! each tool took), `img-build` (`tags`), `img-push` (`pushed[].tag`, `pushed[].digest`),
-//! `swap` (`service`, `image`, `health_url`), `restore` (and its step entry: whether a
-//! rollback ran and worked) and `snapshot.id`; every key is optional. Runs on a failed record
+//! `swap` (`service`, `image`, `health_url`), `restore` (`restored`, `healthy`, `error`,
+//! `snapshot.id`: whether a rollback ran and worked); every key is optional. Runs on a failed record
 //! too (that is when it matters most) and never changes its `failure`. Adds `notify`:
-//! `{"deploy": "ok"|"failed", "channels": [{"channel", "ok", "error", "ms", "messages"}]}`,
+//! `{"deploy": "ok"|"failed"|"unknown", "channels": [{"channel", "ok", "error", "ms",
+//! "messages"}]}` ("unknown": an empty pipe, the tool before notify wrote no record),
 //! each channel named without its secrets. Exit 0 when every channel got the message, 1 when
 //! one did not, 2 for a bad channel URL or template (before anything is sent).
 
@@ -195,7 +196,7 @@ impl Tool for Args {
             service: self.service,
             url: self.app_url,
         };
-        let mut summary = Summary::read(record, context, overrides);
+        let mut summary = Summary::read(record, record_arrived(record), context, overrides);
         let mut doc = summary.doc();
         if let Some(t) = &template {
             let text = t.render(&summary.values(&doc.plain()));
@@ -311,6 +312,22 @@ impl Args {
         }
         Ok(Some(pem))
     }
+}
+
+/// Whether a record came down the pipe. A fresh record (nothing but what [`Record::fresh`]
+/// puts in) read from a pipe means the tool before notify wrote nothing: it crashed or was
+/// killed, and its outcome is unknown. From a terminal or /dev/null a fresh record is normal
+/// (notify run by hand, to try a channel).
+fn record_arrived(record: &Record) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let fresh = record
+        .as_map()
+        .keys()
+        .all(|k| matches!(k.as_str(), "version" | "id" | "started_at"));
+    let piped = std::fs::metadata("/dev/stdin")
+        .map(|m| m.file_type().is_fifo() || m.file_type().is_socket())
+        .unwrap_or(false);
+    !(fresh && piped)
 }
 
 /// Whether `url` was typed as an argument (rather than read from NOTIFY_URLS or `${VAR}`).

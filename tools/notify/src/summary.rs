@@ -52,6 +52,9 @@ pub struct FailureInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct Rollback {
     pub ok: bool,
+    /// Why it did not work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
 }
@@ -94,12 +97,23 @@ fn field(v: &Value, key: &str) -> Option<String> {
 }
 
 impl Summary {
-    pub fn read(record: &Record, context: Context, overrides: Overrides) -> Summary {
-        let failure = record.failure().map(|f| FailureInfo {
+    /// Reads the record. `arrived` is false when a pipe delivered no record at all (the tool
+    /// before notify died without writing one): the outcome is then unknown, not a success.
+    pub fn read(record: &Record, arrived: bool, context: Context, overrides: Overrides) -> Summary {
+        let mut failure = record.failure().map(|f| FailureInfo {
             tool: f.tool,
             step: f.step,
             error: f.error,
         });
+        if !arrived && failure.is_none() {
+            failure = Some(FailureInfo {
+                tool: String::new(),
+                step: "stdin".into(),
+                error: "no deploy record arrived on stdin: the tool before notify wrote nothing \
+                        (did it crash or get killed?); see the run's log"
+                    .into(),
+            });
+        }
         let steps: Vec<StepTime> = array(record, "steps")
             .iter()
             .filter_map(|s| {
@@ -114,7 +128,7 @@ impl Summary {
 
         let pushed = array(record, "img-push.pushed");
         let image = text(record, "swap.image")
-            .or_else(|| text(record, "restore.image"))
+            .or_else(|| text(record, "restore.containers.0.image"))
             .or_else(|| pushed.first().and_then(|p| field(p, "tag")))
             .or_else(|| text(record, "img-push.tags.0"))
             .or_else(|| text(record, "img-build.tags.0"));
@@ -127,17 +141,21 @@ impl Summary {
         let service = overrides
             .service
             .or_else(|| text(record, "swap.service"))
-            .or_else(|| text(record, "restore.service"));
+            .or_else(|| text(record, "restore.containers.0.service"));
         let url = overrides
             .url
             .or_else(|| text(record, "swap.url"))
             .or_else(|| text(record, "swap.health_url"))
             .or_else(|| text(record, "healthwait.target").filter(|t| t.starts_with("http")));
 
-        let rollback = failure.as_ref().and_then(|_| rollback_of(record, &steps));
+        let rollback = rollback_of(record, &steps);
         let total_ms = steps.iter().map(|s| s.ms).sum();
         let mut summary = Summary {
-            outcome: if failure.is_some() { "failed" } else { "ok" },
+            outcome: match &failure {
+                _ if !arrived => "unknown",
+                Some(_) => "failed",
+                None => "ok",
+            },
             title: String::new(),
             text: String::new(),
             deploy_id: text(record, "id"),
@@ -157,11 +175,19 @@ impl Summary {
 
     /// The first line: `✅ backend deployed — acme/shop@main`.
     fn headline(&self) -> String {
-        let what = match (&self.service, &self.failure) {
-            (Some(s), None) => format!("✅ {s} deployed"),
-            (None, None) => "✅ Deploy succeeded".to_string(),
-            (Some(s), Some(_)) => format!("❌ {s} deploy FAILED"),
-            (None, Some(_)) => "❌ Deploy FAILED".to_string(),
+        let named = |what: &str, alone: &str| match &self.service {
+            Some(n) => format!("{n} {what}"),
+            None => alone.to_string(),
+        };
+        let what = match (self.outcome, &self.failure, &self.rollback) {
+            ("unknown", ..) => format!(
+                "⚠️ {}",
+                named("deploy outcome unknown", "Deploy outcome unknown")
+            ),
+            // A rollback by hand (`restore --latest | notify`), not after a failure.
+            (_, None, Some(r)) if r.ok => format!("↩️ {}", named("rolled back", "Rolled back")),
+            (_, None, _) => format!("✅ {}", named("deployed", "Deploy succeeded")),
+            (_, Some(_), _) => format!("❌ {}", named("deploy FAILED", "Deploy FAILED")),
         };
         let place = match (&self.context.repository, &self.context.branch) {
             (Some(r), Some(b)) => format!(" — {r}@{b}"),
@@ -177,15 +203,19 @@ impl Summary {
         let mut doc = Doc::default();
         doc.push(vec![Span::Bold(self.title.clone())]);
         if let Some(f) = &self.failure {
-            doc.push(vec![
-                Span::Bold("Failed: ".into()),
-                Span::Code(format!("{} ({})", f.tool, f.step)),
-                Span::text(format!(": {}", f.error)),
-            ]);
-            // Only when restore ran: a failed swap leaves the old version serving by itself.
-            if self.rollback.is_some() {
-                doc.push(vec![Span::text(self.rollback_words())]);
+            if f.tool.is_empty() {
+                doc.push(vec![Span::text(f.error.clone())]);
+            } else {
+                doc.push(vec![
+                    Span::Bold("Failed: ".into()),
+                    Span::Code(format!("{} ({})", f.tool, f.step)),
+                    Span::text(format!(": {}", f.error)),
+                ]);
             }
+        }
+        // Only when restore ran: a failed swap leaves the old version serving by itself.
+        if self.rollback.is_some() {
+            doc.push(vec![Span::text(self.rollback_words())]);
         }
         if let Some(image) = &self.image {
             let mut line = vec![Span::text("Image: "), Span::Code(image.clone())];
@@ -240,16 +270,24 @@ impl Summary {
 
     fn rollback_words(&self) -> String {
         match &self.rollback {
-            Some(Rollback { ok: true, snapshot }) => format!(
+            Some(Rollback {
+                ok: true, snapshot, ..
+            }) => format!(
                 "Rolled back{}: the previous version is serving.",
                 snapshot
                     .as_ref()
                     .map(|s| format!(" to snapshot {s}"))
                     .unwrap_or_default()
             ),
-            Some(Rollback { ok: false, .. }) => {
-                "Rollback FAILED too: check the server now.".to_string()
-            }
+            Some(Rollback {
+                ok: false, error, ..
+            }) => format!(
+                "Rollback FAILED{}: check the server now.",
+                error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
             None => String::new(),
         }
     }
@@ -261,6 +299,8 @@ impl Summary {
             .iter()
             .map(|s| {
                 let mark = match s.outcome.as_str() {
+                    // restore exits 1 after a good rollback (the deploy still failed).
+                    _ if s.tool == "restore" && self.rollback.as_ref().is_some_and(|r| r.ok) => "",
                     "ok" | "" => "",
                     "skipped" => " (skipped)",
                     _ => " ✗",
@@ -277,8 +317,24 @@ impl Summary {
         let f = self.failure.as_ref();
         let failed = self.failure.is_some();
         BTreeMap::from([
-            ("status", if failed { "failed" } else { "succeeded" }.into()),
-            ("icon", if failed { "❌" } else { "✅" }.into()),
+            (
+                "status",
+                match self.outcome {
+                    "unknown" => "unknown",
+                    _ if failed => "failed",
+                    _ => "succeeded",
+                }
+                .into(),
+            ),
+            (
+                "icon",
+                match self.outcome {
+                    "unknown" => "⚠️",
+                    _ if failed => "❌",
+                    _ => "✅",
+                }
+                .into(),
+            ),
             ("failed", if failed { "yes".into() } else { String::new() }),
             ("title", self.title.clone()),
             ("message", default_message.to_string()),
@@ -358,34 +414,41 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     "duration",
 ];
 
-/// Did restore run after the failure, and did it work? Its own step entry says how it ended
-/// (restore's result is only stored when it succeeded); a restore that chose to do nothing
-/// or only showed a plan is no rollback.
+/// Did restore roll back, and did it work? Read from restore's result: it exits 1 after a good
+/// rollback too (the deploy still failed), so its step entry cannot tell. A restore that chose
+/// to do nothing, or only showed a plan, is no rollback.
 fn rollback_of(record: &Record, steps: &[StepTime]) -> Option<Rollback> {
-    let step = steps.iter().rev().find(|s| s.tool == "restore");
-    let result = record.get("restore").filter(|v| v.is_object());
-    let ok = match (step, result) {
-        (Some(s), _) if s.outcome != "ok" => {
-            return Some(Rollback {
-                ok: false,
-                snapshot: None,
-            })
-        }
-        (_, None) => return None,
-        (_, Some(r)) => {
-            let no = |k: &str| r.get(k) == Some(&Value::Bool(false));
-            let yes = |k: &str| r.get(k) == Some(&Value::Bool(true));
-            !(yes("dry_run") || yes("skipped") || no("restored") || no("ok"))
-        }
+    let snapshot = || {
+        text(record, "restore.snapshot")
+            .or_else(|| text(record, "restore.snapshot.id"))
+            .or_else(|| text(record, "snapshot.id"))
     };
-    if !ok {
+    let Some(r) = record.get("restore").filter(|v| v.is_object()) else {
+        // No result at all: restore stopped before it had one (bad input, a crash).
+        let step = steps.iter().rev().find(|s| s.tool == "restore")?;
+        return matches!(step.outcome.as_str(), "failed" | "bad-input").then(|| Rollback {
+            ok: false,
+            error: None,
+            snapshot: None,
+        });
+    };
+    let is = |k: &str, b: bool| r.get(k) == Some(&Value::Bool(b));
+    if let Some(error) = r.get("error").and_then(Value::as_str) {
+        return Some(Rollback {
+            ok: false,
+            error: Some(error.to_string()),
+            snapshot: snapshot(),
+        });
+    }
+    if is("dry_run", true) || is("skipped", true) || is("restored", false) {
         return None;
     }
-    let snapshot = text(record, "restore.snapshot")
-        .or_else(|| text(record, "restore.snapshot.id"))
-        .or_else(|| text(record, "restore.id"))
-        .or_else(|| text(record, "snapshot.id"));
-    Some(Rollback { ok, snapshot })
+    let healthy = !is("healthy", false);
+    Some(Rollback {
+        ok: healthy,
+        error: (!healthy).then(|| "not healthy after the rollback".to_string()),
+        snapshot: snapshot(),
+    })
 }
 
 fn short_digest(d: &str) -> String {
@@ -406,7 +469,7 @@ mod tests {
 
     fn summary(v: Value) -> Summary {
         let record = Record::parse(&v.to_string()).unwrap();
-        Summary::read(&record, Context::default(), Overrides::default())
+        Summary::read(&record, true, Context::default(), Overrides::default())
     }
 
     #[test]
@@ -431,15 +494,16 @@ mod tests {
     #[test]
     fn failure_says_who_where_why_and_the_rollback() {
         let s = summary(json!({
-            "steps": [{"tool":"swap","outcome":"failed","ms":1},{"tool":"restore","outcome":"ok","ms":1}],
+            "steps": [{"tool":"swap","outcome":"failed","ms":1},{"tool":"restore","outcome":"failed","ms":1}],
             "failure": {"tool":"swap","step":"health","error":"never healthy","exit":1,"at":"x"},
-            "restore": {"snapshot":"snap-1"},
+            "restore": {"restored":true,"snapshot":{"id":"snap-1","path":"/x"},"healthy":true},
             "swap": 42,
         }));
         let text = s.doc().plain();
         assert!(text.starts_with("❌ Deploy FAILED\nFailed: swap (health): never healthy\n"));
         assert!(text.contains("Rolled back to snapshot snap-1"), "{text}");
-        assert!(text.contains("swap 1ms ✗"), "{text}");
+        assert!(text.contains("swap 1ms ✗, restore 1ms"), "{text}");
+        assert!(text.ends_with("restore 1ms"), "{text}");
     }
 
     #[test]
@@ -450,5 +514,52 @@ mod tests {
         }));
         assert!(s.rollback.is_none());
         assert!(!s.doc().plain().contains("olled back"));
+        let s = summary(json!({
+            "failure": {"tool":"swap","step":"health","error":"e","exit":1,"at":"x"},
+            "restore": {"restored": false, "reason": "no snapshot"},
+        }));
+        assert!(s.rollback.is_none());
+    }
+
+    #[test]
+    fn a_failed_rollback_is_loud() {
+        let s = summary(json!({
+            "steps": [{"tool":"restore","outcome":"failed","ms":1}],
+            "failure": {"tool":"swap","step":"health","error":"e","exit":1,"at":"x"},
+            "restore": {"restored": false, "error": "snapshot x is refused: tampered"},
+        }));
+        let text = s.doc().plain();
+        assert!(
+            text.contains(
+                "Rollback FAILED (snapshot x is refused: tampered): check the server now."
+            ),
+            "{text}"
+        );
+        assert!(text.contains("restore 1ms ✗"), "{text}");
+        let s = summary(json!({
+            "steps": [{"tool":"restore","outcome":"bad-input","ms":1}],
+            "failure": {"tool":"swap","step":"health","error":"e","exit":1,"at":"x"},
+        }));
+        assert!(s.doc().plain().contains("Rollback FAILED: check"));
+    }
+
+    #[test]
+    fn a_rollback_by_hand_and_a_missing_record() {
+        let s = summary(json!({
+            "restore": {"restored": true, "snapshot": {"id": "s1"}, "healthy": true,
+                        "containers": [{"service": "web", "image": "app:v1"}]},
+        }));
+        assert!(s
+            .doc()
+            .plain()
+            .starts_with("↩️ web rolled back\nRolled back to snapshot s1"));
+        let record = Record::parse("").unwrap();
+        let s = Summary::read(&record, false, Context::default(), Overrides::default());
+        assert_eq!(s.outcome, "unknown");
+        let text = s.doc().plain();
+        assert!(
+            text.starts_with("⚠️ Deploy outcome unknown\nno deploy record arrived"),
+            "{text}"
+        );
     }
 }

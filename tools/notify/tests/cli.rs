@@ -135,6 +135,24 @@ fn in_a_failing_pipe_it_reports_the_failure_and_the_pipe_stays_red() {
 }
 
 #[test]
+fn when_the_tool_before_it_dies_without_a_record_the_outcome_is_unknown_not_success() {
+    let hook = StubServer::start(|_| Some((200, "text/plain", "ok".into())));
+    let out = shell(&format!(
+        "(exit 101) | notify --to json://{}/hook --repository acme/shop --branch main",
+        hook.addr
+    ));
+    out.code(101);
+    let sent: Value = serde_json::from_str(&hook.requests()[0].body).unwrap();
+    assert_eq!(sent["outcome"], "unknown");
+    assert_eq!(sent["title"], "⚠️ Deploy outcome unknown — acme/shop@main");
+    assert!(sent["text"]
+        .as_str()
+        .unwrap()
+        .contains("no deploy record arrived on stdin"));
+    assert_eq!(out.record["notify"]["deploy"], "unknown");
+}
+
+#[test]
 fn sentinel_secrets_never_show_anywhere_but_where_the_protocol_needs_them() {
     const SENTINEL: &str = "SENTINEL";
     let tg_token = "987654321:SENTINEL-telegram-token";

@@ -57,16 +57,23 @@ pub fn deployed() -> Value {
 pub fn failed() -> Value {
     let mut r = deployed();
     r["steps"][2]["outcome"] = json!("failed");
+    // restore exits 1 after a good rollback too: the deploy still failed.
     r["steps"]
         .as_array_mut()
         .unwrap()
-        .push(json!({"tool": "restore", "outcome": "ok", "started_at": "x", "ms": 900}));
+        .push(json!({"tool": "restore", "outcome": "failed", "started_at": "x", "ms": 900}));
     r["failure"] = json!({
         "tool": "swap", "step": "health",
         "error": "backend-new never became healthy: HTTP 500 from /up <html> & more",
         "exit": 1, "at": "2026-11-26T23:31:00.000Z",
     });
-    r["restore"] = json!({"snapshot": "20261126T232900Z-1"});
+    r["restore"] = json!({
+        "restored": true, "dry_run": false, "healthy": true,
+        "snapshot": {"id": "20261126T232900Z-1", "path": "/srv/backups/20261126T232900Z-1",
+                     "created_at": "2026-11-26T23:29:00Z"},
+        "containers": [{"service": "backend", "name": "backend", "action": "recreated",
+                        "image_id": "sha256:bbbb", "image": "registry.example.com/shop:v1"}],
+    });
     r
 }
 
