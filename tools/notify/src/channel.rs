@@ -643,10 +643,19 @@ fn webhook(scheme: &str, real: &str, payload: Payload) -> Parsed {
         secret(p);
     }
     let rest = &url[url::Position::BeforePath..];
-    if rest.len() > 1 {
-        // Webhook paths and queries are credentials (Slack's and Discord's are nothing else).
-        secret(rest);
-        secret(&decode(rest));
+    // Webhook paths and queries carry credentials (Slack's and Discord's are nothing else): the
+    // token-like parts are secrets. Not the short words: hiding `/api` everywhere would garble
+    // the record (a health URL) that notify passes on.
+    for segment in url.path_segments().into_iter().flatten() {
+        if segment.len() >= 16 {
+            secret(&decode(segment));
+            secret(segment);
+        }
+    }
+    for (_, value) in url.query_pairs() {
+        if value.len() >= 8 {
+            secret(&value);
+        }
     }
     let host = url.host_str().unwrap_or("");
     if host.is_empty() {
@@ -819,6 +828,11 @@ mod tests {
     fn webhooks() {
         let c = ok("slack+http://127.0.0.1:9/services/T/B/XYZ");
         assert_eq!(c.name, "slack+http://127.0.0.1:9/***");
+        ok("json://127.0.0.1:9/api/hook?team=web&key=0123456789abcdef");
+        assert_eq!(
+            kit::log::redact("/api/hook?team=web&key=0123456789abcdef"),
+            "/api/hook?team=web&key=[REDACTED]"
+        );
         let c = ok("slack://T000/B000/XXXXXXXX");
         let Kind::Webhook(w) = c.kind else { panic!() };
         assert_eq!(w.url, "https://hooks.slack.com/services/T000/B000/XXXXXXXX");

@@ -177,6 +177,9 @@ impl Tool for Args {
 
     fn run(self, record: &mut Record) -> Result<Done> {
         // Everything that can be wrong with the input is found before anything is sent.
+        if self.timeout.is_zero() {
+            return Err(Error::input("--timeout", "must be more than 0"));
+        }
         let channels = self.channels()?;
         let template = self.template()?;
         let telegram_api = self.telegram_api()?;
