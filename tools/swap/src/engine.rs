@@ -56,6 +56,8 @@ struct Swap<'a> {
     switched: bool,
     /// recreate: the old container was stopped and must be started again on failure.
     old_stopped: bool,
+    /// nginx's master as /proc shows it, found at the switch.
+    nginx_master: Option<nginx::Master>,
 }
 
 /// What pre-flight found.
@@ -98,6 +100,7 @@ pub(crate) fn run(
         new_name: format!("{}-next-{}", req.container, short_random()),
         switched: false,
         old_stopped: false,
+        nginx_master: None,
     };
 
     swap.begin("lock")?;
@@ -1019,7 +1022,9 @@ impl Swap<'_> {
             }
             _ => nginx::generate(&n.upstream, &server, &self.req.service),
         };
-        let workers_before = nginx::workers(self.engine, &n.at)?;
+        let master = nginx::master(self.engine, &n.at);
+        self.nginx_master = master;
+        let workers_before = nginx::workers_of(self.engine, &n.at, master)?;
         log::info(&format!(
             "switching upstream {} in {} to {server} ({})",
             n.upstream,
@@ -1059,7 +1064,7 @@ impl Swap<'_> {
                 "nginx -t refused the new configuration (exit {code})"
             )));
         }
-        let (code, out) = match nginx::nginx(self.engine, &n.at, &["-s", "reload"]) {
+        let (code, out) = match nginx::reload(self.engine, &n.at, master) {
             Ok(r) => r,
             Err(e) => return Err(restore(format!("cannot run nginx -s reload: {e}"))),
         };
@@ -1073,12 +1078,13 @@ impl Swap<'_> {
             && !nginx::wait_new_workers(
                 self.engine,
                 &n.at,
+                master,
                 &workers_before,
                 Duration::from_secs(10),
             )?
         {
             let err = restore("nginx started no new workers within 10s of the reload".into());
-            let _ = nginx::nginx(self.engine, &n.at, &["-s", "reload"]);
+            let _ = nginx::reload(self.engine, &n.at, master);
             return Err(err);
         }
         self.report.switch = Some(json!({
@@ -1191,7 +1197,7 @@ impl Swap<'_> {
                 let limit = self.req.drain.unwrap_or(DEFAULT_NGINX_DRAIN);
                 let mut left = before.clone();
                 while !left.is_empty() && start.elapsed() < limit && !(self.stop)() {
-                    match nginx::workers(self.engine, &n.at) {
+                    match nginx::workers_of(self.engine, &n.at, self.nginx_master) {
                         Ok(now) => left.retain(|p| now.contains(p)),
                         Err(e) => {
                             log::warn(&format!("cannot watch the nginx workers: {e}"));
@@ -1245,19 +1251,22 @@ impl Swap<'_> {
             .unwrap_or_default();
         let start = Instant::now();
         log::info(&format!("stopping {name} (SIGTERM, then its stop timeout)"));
-        let result = self.engine.block(
-            self.engine
-                .docker
-                .stop_container(&id, None::<StopContainerOptions>),
-        );
-        let exit = self
-            .engine
-            .inspect(&id)
-            .ok()
-            .flatten()
-            .and_then(|c| c.state.and_then(|s| s.exit_code));
-        if let Err(e) = &result {
-            log::warn(&format!("cannot stop {name}: {e}"));
+        let mut exit = None;
+        if !self.stop_fast(&id) {
+            let result = self.engine.block(
+                self.engine
+                    .docker
+                    .stop_container(&id, None::<StopContainerOptions>),
+            );
+            if let Err(e) = &result {
+                log::warn(&format!("cannot stop {name}: {e}"));
+            }
+            exit = self
+                .engine
+                .inspect(&id)
+                .ok()
+                .flatten()
+                .and_then(|c| c.state.and_then(|s| s.exit_code));
         }
         self.report.stopped = Some(json!({
             "name": name,
@@ -1267,13 +1276,58 @@ impl Swap<'_> {
         }));
     }
 
+    /// Sends the container its stop signal and waits for its process to exit, watching /proc
+    /// (the engine's own bookkeeping of the exit then finishes in the background). False when
+    /// the process is not visible here or outlives its stop timeout: `docker stop` then.
+    fn stop_fast(&self, id: &str) -> bool {
+        let Ok(Some(c)) = self.engine.inspect(id) else {
+            return false;
+        };
+        let pid = c.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
+        let alive = |pid: i64| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().to_string())
+                })
+                .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+        };
+        if pid <= 0 || !alive(pid) {
+            return false;
+        }
+        let config = c.config.unwrap_or_default();
+        let signal = config.stop_signal.unwrap_or_else(|| "SIGTERM".into());
+        let timeout = Duration::from_secs(config.stop_timeout.unwrap_or(10).max(0) as u64);
+        let opts = bollard::query_parameters::KillContainerOptionsBuilder::default()
+            .signal(&signal)
+            .build();
+        if self
+            .engine
+            .block(self.engine.docker.kill_container(id, Some(opts)))
+            .is_err()
+        {
+            return false;
+        }
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if !alive(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
     /// Keeps the newest `keep` stopped old containers, removes the rest.
     fn retention(&mut self) {
         let filter = format!("^/{}-old-", regex_escape(&self.req.container));
         let Ok(mut olds) = self.list(&filter) else {
             return;
         };
-        olds.retain(|(_, _, running, _)| !running);
+        // The old container just stopped may still show as running for a moment.
+        let just_stopped = self.report.old.as_ref().map(|o| o.id.clone());
+        olds.retain(|(id, _, running, _)| !running || Some(id) == just_stopped.as_ref());
         olds.sort_by_key(|(_, _, _, created)| std::cmp::Reverse(*created));
         for (id, name, _, _) in olds.into_iter().skip(self.req.keep) {
             log::info(&format!("removing {name} (keeping {} old)", self.req.keep));

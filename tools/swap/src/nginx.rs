@@ -83,6 +83,92 @@ pub(crate) fn exec(engine: &Engine, container: &str, cmd: &[&str]) -> Result<(i6
     Ok((inspected.exit_code.unwrap_or(-1), text))
 }
 
+/// nginx's master process as this host's /proc shows it: its pid, and whether it is the
+/// container's first process (then a SIGHUP through the API reloads it, without an exec).
+/// `None` when /proc does not show it (a remote engine, swap in another pid namespace).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Master {
+    pub pid: u32,
+    pub is_init: bool,
+}
+
+pub(crate) fn master(engine: &Engine, at: &Where) -> Option<Master> {
+    let (pid, is_init) = match at {
+        Where::Container(name) => {
+            let top = engine
+                .block(
+                    engine
+                        .docker
+                        .top_processes(name, Some(TopOptionsBuilder::default().build())),
+                )
+                .ok()?;
+            let titles = top.titles.unwrap_or_default();
+            let col = |t: &str| titles.iter().position(|x| x == t);
+            let (pid, ppid, cmd) = (
+                col("PID")?,
+                col("PPID")?,
+                col("CMD").or_else(|| col("COMMAND"))?,
+            );
+            let rows = top.processes.unwrap_or_default();
+            let pids: BTreeSet<&str> = rows
+                .iter()
+                .filter_map(|r| r.get(pid).map(String::as_str))
+                .collect();
+            let row = rows.iter().find(|r| {
+                r.get(cmd)
+                    .is_some_and(|c| c.contains("nginx: master process"))
+            })?;
+            let is_init = !row.get(ppid).is_some_and(|p| pids.contains(p.as_str()));
+            (row.get(pid)?.parse().ok()?, is_init)
+        }
+        Where::Host { pid_file } => (
+            std::fs::read_to_string(pid_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?,
+            false,
+        ),
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("nginx: master")
+        .then_some(Master { pid, is_init })
+}
+
+/// Reloads nginx gracefully: SIGHUP to the container when nginx is its first process (one
+/// API call), else `nginx -s reload`.
+pub(crate) fn reload(engine: &Engine, at: &Where, master: Option<Master>) -> Result<(i64, String)> {
+    if let (Where::Container(name), Some(Master { is_init: true, .. })) = (at, master) {
+        let opts = bollard::query_parameters::KillContainerOptionsBuilder::default()
+            .signal("HUP")
+            .build();
+        return match engine.block(engine.docker.kill_container(name, Some(opts))) {
+            Ok(()) => Ok((0, String::new())),
+            Err(e) => Ok((1, e.to_string())),
+        };
+    }
+    nginx(engine, at, &["-s", "reload"])
+}
+
+/// The worker pids: from /proc when the master is visible there (cheap), else `docker top`.
+pub(crate) fn workers_of(
+    engine: &Engine,
+    at: &Where,
+    master: Option<Master>,
+) -> Result<BTreeSet<u32>> {
+    match master {
+        Some(m) => Ok(host_children(m.pid)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("worker process"))
+            })
+            .collect()),
+        None => workers(engine, at),
+    }
+}
+
 /// The pids of nginx's worker processes (current and shutting down).
 pub(crate) fn workers(engine: &Engine, at: &Where) -> Result<BTreeSet<u32>> {
     match at {
@@ -153,19 +239,20 @@ fn host_children(parent: u32) -> BTreeSet<u32> {
 pub(crate) fn wait_new_workers(
     engine: &Engine,
     at: &Where,
+    master: Option<Master>,
     before: &BTreeSet<u32>,
     within: Duration,
 ) -> Result<bool> {
     let end = Instant::now() + within;
     loop {
-        let now = workers(engine, at)?;
+        let now = workers_of(engine, at, master)?;
         if now.iter().any(|p| !before.contains(p)) {
             return Ok(true);
         }
         if Instant::now() >= end {
             return Ok(false);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

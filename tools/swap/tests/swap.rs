@@ -372,10 +372,12 @@ fn good_swap_under_load_fails_no_request_and_both_versions_answer() {
         ]),
         "backend"
     );
-    assert_eq!(
-        docker(&["inspect", "-f", "{{.State.Status}}", old_name]),
-        "exited"
-    );
+    assert!(eventually(Duration::from_secs(5), || docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}}",
+        old_name
+    ]) == "exited"));
     // Its own settings came along; the old image's (APP_VERSION=v1) did not.
     let env = docker(&["inspect", "-f", "{{json .Config.Env}}", &site.backend]);
     assert!(
@@ -523,17 +525,19 @@ fn sigterm_at_each_step_leaves_old_or_new_serving_and_nothing_half_made() {
         assert_eq!(site.version(), image, "{step}");
         site.assert_upstream_is_live();
         site.assert_no_leftovers();
-        let running = docker(&[
-            "ps",
-            "--filter",
-            &format!("name=^/{}", site.backend),
-            "--format",
-            "{{.Names}}",
-        ]);
-        assert_eq!(
-            running.lines().count(),
-            1,
-            "{step}: more than one running: {running}"
+        let running = || {
+            docker(&[
+                "ps",
+                "--filter",
+                &format!("name=^/{}", site.backend),
+                "--format",
+                "{{.Names}}",
+            ])
+        };
+        assert!(
+            eventually(Duration::from_secs(5), || running().lines().count() == 1),
+            "{step}: more than one running: {}",
+            running()
         );
     }
     // The next deploy works: the lock was released every time.
@@ -697,10 +701,12 @@ fn alias_moves_to_the_new_container() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(
-        docker(&["inspect", "-f", "{{.State.Status}}", &old]),
-        "exited"
-    );
+    assert!(eventually(Duration::from_secs(5), || docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}}",
+        &old
+    ]) == "exited"));
 }
 
 #[test]
