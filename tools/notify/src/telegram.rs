@@ -85,6 +85,10 @@ fn send_chat(
         if !(answer.is_success() && answer.json()["ok"] == true) {
             let why = match description(&answer) {
                 d if d.is_empty() => answer.describe(),
+                d if answer.attempts > 1 => format!(
+                    "Telegram answered {}: {d} (after {} attempts)",
+                    answer.status, answer.attempts
+                ),
                 d => format!("Telegram answered {}: {d}", answer.status),
             };
             return Err(part_of(i, parts.len(), why));

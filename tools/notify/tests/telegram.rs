@@ -254,7 +254,10 @@ fn server_errors_are_retried_a_bounded_number_of_times() {
     let out = to_chat(&api, &deployed());
     out.code(1);
     assert_eq!(api.requests().len(), 3);
-    assert_eq!(error_of(&out), "Telegram answered 502: Bad Gateway");
+    assert_eq!(
+        error_of(&out),
+        "Telegram answered 502: Bad Gateway (after 3 attempts)"
+    );
 
     let calls = Arc::new(AtomicU32::new(0));
     let n = calls.clone();
