@@ -133,7 +133,12 @@ pub fn post_json(
                             .unwrap_or(1.0)
                             .max(0.0);
                         let wait = Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER);
-                        if wait >= budget.left() || rate_limited > MAX_RATE_LIMITED {
+                        if rate_limited > MAX_RATE_LIMITED {
+                            return Err(format!(
+                                "rate limited (HTTP 429) {MAX_RATE_LIMITED} times in a row"
+                            ));
+                        }
+                        if wait >= budget.left() {
                             return Err(format!(
                                 "rate limited (HTTP 429): asked to retry after {}, beyond the \
                                  {} timeout",
