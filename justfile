@@ -23,3 +23,7 @@ bench-notify:
 # swap: failed requests under wrk/hey load through nginx vs docker-compose's recreate, slow requests, never-healthy image, overhead
 bench-swap:
     scripts/bench-swap
+
+# img-build and img-push: build and push time vs the docker CLI, memory for a 1 GiB context
+bench-build:
+    scripts/bench-build

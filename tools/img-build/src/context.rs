@@ -1,7 +1,7 @@
 //! The build context, sent to the engine as a tar written while the directory is read.
 //!
 //! A thread walks the context (in the CLI's order: lexical, a directory before its contents)
-//! and writes tar entries into a [`Chunks`] writer, which hands 128 KiB chunks to a bounded
+//! and writes tar entries into a [`Chunks`] writer, which hands 256 KiB chunks to a bounded
 //! channel; the HTTP request body reads from that channel. Memory therefore stays at a few
 //! chunks however large the context is, and reading overlaps with the engine's unpacking.
 //!
@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use crate::dockerignore::{Matcher, Parent};
 
 /// The size of one chunk of the body.
-const CHUNK: usize = 128 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the reading thread and the request: the bound on memory.
-pub const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 8;
 
 pub type Body = mpsc::Receiver<io::Result<Bytes>>;
 

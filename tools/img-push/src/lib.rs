@@ -416,7 +416,7 @@ impl Auth {
         match (env("REGISTRY_USERNAME"), password) {
             (Some(username), Some(password)) => {
                 log::debug(&format!(
-                    "credentials for {}: REGISTRY_USERNAME ({username})",
+                    "credentials for {}: REGISTRY_USERNAME and its password",
                     first.registry
                 ));
                 Ok(Auth::Env { username, password })
@@ -445,7 +445,9 @@ impl Auth {
             Auth::DockerConfig => match docker_credential::get_credential(&key) {
                 Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
                     log::secret(&p);
-                    log::debug(&format!("credentials for {registry}: docker config ({u})"));
+                    log::debug(&format!(
+                        "credentials for {registry}: docker config (user and password)"
+                    ));
                     (Some(u), Some(p), None)
                 }
                 Ok(docker_credential::DockerCredential::IdentityToken(t)) => {
@@ -487,9 +489,7 @@ impl Auth {
     /// What to check when the registry refused the credentials.
     fn hint(&self, registry: &str) -> String {
         match self {
-            Auth::Env { username, .. } => format!(
-                "the registry refused the credentials of REGISTRY_USERNAME ({username}); check REGISTRY_PASSWORD"
-            ),
+            Auth::Env { .. } => "the registry refused REGISTRY_USERNAME with that password; check REGISTRY_PASSWORD".to_string(),
             Auth::DockerConfig => format!(
                 "log in with `docker login {registry}`, or set REGISTRY_USERNAME and REGISTRY_PASSWORD"
             ),
