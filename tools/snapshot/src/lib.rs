@@ -26,6 +26,24 @@ pub use manifest::Manifest;
 pub use store::kept_images;
 use store::{Entry, Name, State, TEMP_PREFIX};
 
+/// Test-only: a duration (`20ms`) to sleep between the steps of writing a snapshot (after each
+/// file, before and after the manifest, the rename and each removal of retention), so a test can
+/// kill the process inside every one of them. Never set it outside the tests.
+pub const TEST_DELAY_ENV: &str = "SNAPSHOT_TEST_DELAY";
+
+/// Sleeps for [`TEST_DELAY_ENV`] when it is set (tests only).
+pub(crate) fn test_pause() {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var(TEST_DELAY_ENV)
+            .ok()
+            .and_then(|v| kit::parse_duration(&v).ok())
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
+    }
+}
+
 /// The files backed up when none are named (those of them that exist).
 pub const DEFAULT_FILES: [&str; 2] = ["docker-compose.yml", ".env.production"];
 
@@ -252,6 +270,7 @@ fn snapshot(args: &Args) -> Result<Done> {
     let mut files = Vec::with_capacity(sources.len());
     for source in &sources {
         files.push(take::copy_file(&temp, source)?);
+        test_pause();
     }
     take::create_lock(&temp)?;
     let sync = |e| Error::io("sync", format!("cannot fsync {}", temp.display()), e);
@@ -272,8 +291,10 @@ fn snapshot(args: &Args) -> Result<Done> {
     let bytes = manifest
         .to_bytes()
         .map_err(|e| Error::step("manifest", e))?;
+    test_pause();
     take::write_manifest(&temp, &bytes)?;
     take::sync_dir(&temp).map_err(sync)?;
+    test_pause();
     let path = backups.join(&id);
     std::fs::rename(&temp, &path).map_err(|e| {
         Error::io(
@@ -285,6 +306,7 @@ fn snapshot(args: &Args) -> Result<Done> {
     guard.0 = None;
     take::sync_dir(&backups)
         .map_err(|e| Error::io("sync", format!("cannot fsync {}", backups.display()), e))?;
+    test_pause();
     kit::log::info(&format!(
         "took {id}: {} file(s), {} container(s), in {}",
         manifest.files.len(),

@@ -438,7 +438,9 @@ fn remove(entry: &Entry) -> std::io::Result<bool> {
         std::process::id()
     ));
     std::fs::rename(&entry.path, &doomed)?;
+    crate::test_pause();
     std::fs::remove_dir_all(&doomed)?;
+    crate::test_pause();
     Ok(true)
 }
 

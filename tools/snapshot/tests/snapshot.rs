@@ -1,0 +1,403 @@
+//! snapshot, run as a user would: the real binary on real directories (and a real tmpfs for a
+//! full disk), the real Docker Engine for the containers part.
+
+mod deploy;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use deploy::{image_of, mode_of, run_app, verify_independently, Deploy, SECRET};
+use testkit::{docker, fixtures, shell, tool, unique, Cleanup};
+
+#[test]
+fn a_snapshot_is_private_whole_and_listed() {
+    let d = Deploy::new();
+    // Whatever the umask, the snapshot is private.
+    let out = shell(&format!(
+        "umask 000; snapshot --dir {} </dev/null",
+        d.dir.display()
+    ));
+    out.code(0).one_record();
+    deploy::no_secret(&out);
+    let s = &out.record["snapshot"];
+    let id = s["id"].as_str().unwrap();
+    let path = Path::new(s["path"].as_str().unwrap());
+    assert_eq!(path, d.backups.join(id));
+    assert_eq!(s["files"][0]["path"], ".env.production");
+    assert_eq!(s["files"][1]["path"], "docker-compose.yml");
+    assert_eq!(s["files"][1]["size"], deploy::COMPOSE.len());
+    assert_eq!(s["containers"], testkit::json!([]));
+    assert_eq!(s["kept"], 1);
+    assert!(
+        s["files"][0].get("sha256").is_none(),
+        "no checksums in the record"
+    );
+
+    assert_eq!(mode_of(path), 0o700);
+    assert_eq!(mode_of(&path.join("manifest.json")), 0o600);
+    assert_eq!(mode_of(&path.join("files/.env.production")), 0o600);
+    assert_eq!(
+        std::fs::read(path.join("files/docker-compose.yml")).unwrap(),
+        deploy::COMPOSE.as_bytes()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], 1);
+    assert_eq!(manifest["files"][0]["mode"], "0600");
+    assert_eq!(manifest["files"][1]["mode"], "0644");
+    assert_eq!(
+        verify_independently(path).unwrap(),
+        [".env.production", "docker-compose.yml"]
+    );
+
+    let list = d.snapshot(&["--list"]);
+    list.code(0).one_record().stderr_has("ID").stderr_has(id);
+    let l = &list.record["snapshot"];
+    assert_eq!(l["latest"], id);
+    assert_eq!(l["list"][0]["id"], id);
+    assert_eq!(l["list"][0]["files"], 2);
+    assert_eq!(l["corrupt"], testkit::json!([]));
+}
+
+#[test]
+fn named_files_and_directories_are_backed_up_and_bad_names_refused() {
+    let d = Deploy::new();
+    d.write("nginx/conf.d/app.conf", b"server {}\n", 0o640);
+    d.write("nginx/conf.d/extra/a.conf", b"# a\n", 0o644);
+    let out = d.snapshot(&["--file", "docker-compose.yml", "--file", "nginx"]);
+    out.code(0);
+    let paths: Vec<&str> = out.record["snapshot"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "docker-compose.yml",
+            "nginx/conf.d/app.conf",
+            "nginx/conf.d/extra/a.conf"
+        ]
+    );
+
+    let out = d.snapshot(&["--file", "../etc/passwd"]);
+    out.code(2)
+        .stderr_has("--file")
+        .stderr_has("leave the deploy directory");
+    let out = d.snapshot(&["--file", "missing.yml"]);
+    out.code(2).stderr_has("missing.yml");
+    d.snapshot(&["--keep", "0"]).code(2).stderr_has("--keep");
+    // Bad input changed nothing: still one snapshot.
+    assert_eq!(d.listed().len(), 1);
+}
+
+#[test]
+fn retention_keeps_exactly_the_newest_n() {
+    let d = Deploy::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        d.write(
+            "docker-compose.yml",
+            format!("version {i}\n").as_bytes(),
+            0o644,
+        );
+        let out = d.snapshot(&["--keep", "3"]);
+        out.code(0);
+        ids.push(out.record["snapshot"]["id"].as_str().unwrap().to_string());
+        if i == 4 {
+            assert_eq!(out.record["snapshot"]["pruned"], testkit::json!([ids[1]]));
+            assert_eq!(out.record["snapshot"]["kept"], 3);
+        }
+    }
+    let mut newest: Vec<String> = ids[2..].to_vec();
+    assert_eq!(d.on_disk(), newest);
+    newest.reverse();
+    assert_eq!(d.listed(), newest);
+}
+
+#[test]
+fn corrupt_newest_snapshots_never_push_out_the_newest_good_one() {
+    let d = Deploy::new();
+    let take = |content: &str, keep: &str| {
+        d.write("docker-compose.yml", content.as_bytes(), 0o644);
+        let out = d.snapshot(&["--keep", keep]);
+        out.code(0);
+        out.record["snapshot"]["id"].as_str().unwrap().to_string()
+    };
+    let a = take("a\n", "3");
+    let b = take("b\n", "3");
+    let c = take("c\n", "3");
+    let e = take("e\n", "3");
+    assert!(!d.on_disk().contains(&a));
+    // Damage c (a tampered file) and e (a truncated manifest): the newest good one is now b.
+    std::fs::write(d.backups.join(&c).join("files/docker-compose.yml"), "x\n").unwrap();
+    let manifest = d.backups.join(&e).join("manifest.json");
+    let text = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
+
+    let list = d.snapshot(&["--list"]);
+    list.code(0).stderr_has("corrupt");
+    assert_eq!(list.record["snapshot"]["latest"], b.as_str());
+    let corrupt = list.record["snapshot"]["corrupt"].as_array().unwrap();
+    assert_eq!(corrupt.len(), 2);
+    assert!(corrupt[0]["error"].as_str().unwrap().contains("truncated"));
+    assert!(corrupt[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("files/docker-compose.yml"));
+
+    // Retention with keep 2: the corrupt ones do not count, so b stays next to the new one.
+    let f = take("f\n", "2");
+    let on_disk = d.on_disk();
+    assert!(on_disk.contains(&b), "b was pruned: {on_disk:?}");
+    assert!(on_disk.contains(&f));
+    assert_eq!(d.listed(), [f, b]);
+}
+
+#[test]
+fn the_latest_goes_by_name_and_sequence_never_by_mtime_or_a_clock_set_back() {
+    let d = Deploy::new();
+    d.write("docker-compose.yml", b"first\n", 0o644);
+    let first = d.snapshot(&[]);
+    first.code(0);
+    let first = first.record["snapshot"]["id"].as_str().unwrap().to_string();
+    // As if the clock ran ahead when it was taken and was set back since.
+    let ahead = "20991231_235959";
+    std::fs::rename(d.backups.join(&first), d.backups.join(ahead)).unwrap();
+
+    d.write("docker-compose.yml", b"second\n", 0o644);
+    let second = d.snapshot(&[]);
+    second.code(0).stderr_has("clock");
+    assert_eq!(second.record["snapshot"]["id"], "20991231_235959-1");
+    d.write("docker-compose.yml", b"third\n", 0o644);
+    let third = d.snapshot(&[]);
+    assert_eq!(third.record["snapshot"]["id"], "20991231_235959-2");
+
+    // mtimes that say otherwise change nothing.
+    for (id, when) in [
+        ("20991231_235959-2", "2001-01-01"),
+        ("20991231_235959", "2030-01-01"),
+    ] {
+        let ok = Command::new("touch")
+            .args(["-d", when])
+            .arg(d.backups.join(id))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    assert_eq!(
+        d.listed(),
+        ["20991231_235959-2", "20991231_235959-1", "20991231_235959"]
+    );
+    // Sequence numbers order as numbers: -10 after -9.
+    for n in 3..=10 {
+        let out = d.snapshot(&["--keep", "20"]);
+        assert_eq!(out.record["snapshot"]["id"], format!("{ahead}-{n}"));
+    }
+    assert_eq!(d.listed()[0], format!("{ahead}-10"));
+}
+
+#[test]
+fn kill_9_during_a_snapshot_never_leaves_a_listed_partial_one() {
+    let d = Deploy::new();
+    for i in 0..5 {
+        d.write(
+            &format!("conf/{i}.conf"),
+            format!("# {i}\n").as_bytes(),
+            0o644,
+        );
+    }
+    let expected = [
+        ".env.production",
+        "conf/0.conf",
+        "conf/1.conf",
+        "conf/2.conf",
+        "conf/3.conf",
+        "conf/4.conf",
+        "docker-compose.yml",
+    ];
+    // The test-only pause between the steps makes each run last long enough to be killed in
+    // every one of them: copying, the manifest, the rename, retention.
+    let run = || {
+        tool("snapshot")
+            .args(["--dir", &d.dir.display().to_string()])
+            .args([
+                "--file",
+                "docker-compose.yml,.env.production,conf",
+                "--keep",
+                "3",
+            ])
+            .env(snapshot::TEST_DELAY_ENV, "15ms")
+    };
+    let start = Instant::now();
+    run().run().code(0);
+    let one = start.elapsed();
+
+    let trials = 40;
+    let mut killed_mid_run = 0;
+    for i in 0..trials {
+        let delay = one.mul_f64(1.2 * f64::from(i) / f64::from(trials));
+        let mut child = run().spawn();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+
+        for id in d.listed() {
+            let files = verify_independently(&d.backups.join(&id))
+                .unwrap_or_else(|e| panic!("trial {i}: listed snapshot {id} is partial: {e}"));
+            assert_eq!(files, expected, "trial {i}: {id}");
+        }
+    }
+    assert!(
+        killed_mid_run >= trials / 2,
+        "only {killed_mid_run} runs were killed mid-way"
+    );
+
+    // The next run cleans up what the killed ones left, and works.
+    run().run().code(0);
+    let left: Vec<String> = d
+        .on_disk()
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "leftovers: {left:?}");
+    assert_eq!(d.listed().len(), 3);
+}
+
+/// A 1 MiB tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount a tmpfs (the tests run as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_keeps_the_older_snapshots() {
+    let d = Deploy::new();
+    let _disk = Tmpfs::mount(&d.backups);
+    let first = d.snapshot(&[]);
+    first.code(0);
+    let first = first.record["snapshot"]["id"].as_str().unwrap().to_string();
+
+    d.write("data.bin", &vec![7u8; 2 << 20], 0o644);
+    let out = d.snapshot(&["--file", "docker-compose.yml,.env.production,data.bin"]);
+    out.code(1)
+        .one_record()
+        .stderr_has("No space left on device");
+    let failure = out.failure_from("snapshot");
+    assert_eq!(failure["step"], "files");
+    assert!(failure["error"].as_str().unwrap().contains("data.bin"));
+
+    assert_eq!(
+        d.on_disk(),
+        std::slice::from_ref(&first),
+        "no temp left, the older one intact"
+    );
+    verify_independently(&d.backups.join(&first)).unwrap();
+    assert_eq!(d.listed(), [first]);
+}
+
+#[test]
+fn a_snapshot_in_use_by_a_restore_is_not_pruned() {
+    let d = Deploy::new();
+    let old = d.snapshot(&["--keep", "1"]);
+    let old = old.record["snapshot"]["id"].as_str().unwrap().to_string();
+    // What restore holds while it reads a snapshot: a shared flock on its lock file.
+    let mut holder = Command::new("bash")
+        .args(["-c", r#"exec 9<"$0"; flock -s 9; exec sleep 30"#])
+        .arg(d.backups.join(&old).join(".lock"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = d.snapshot(&["--keep", "1"]);
+    out.code(0).stderr_has("a restore is using it");
+    assert_eq!(out.record["snapshot"]["pruned"], testkit::json!([]));
+    assert_eq!(out.record["snapshot"]["kept_in_use"], testkit::json!([old]));
+    assert!(d.on_disk().contains(&old));
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    let out = d.snapshot(&["--keep", "1"]);
+    out.code(0);
+    assert!(out.record["snapshot"]["pruned"]
+        .as_array()
+        .unwrap()
+        .contains(&testkit::json!(old)));
+    assert_eq!(d.on_disk().len(), 1);
+}
+
+#[test]
+fn containers_are_recorded_with_their_configuration_and_image() {
+    fixtures();
+    let d = Deploy::new();
+    let mut cleanup = Cleanup::new();
+    let net = cleanup.network();
+    let by_name = run_app(&mut cleanup, &net, "dkt/app:v1", &[]);
+    let service = unique("labelled");
+    let by_label = run_app(
+        &mut cleanup,
+        &net,
+        "dkt/app:v2",
+        &["--label", &format!("com.docker.compose.service={service}")],
+    );
+    let out = d.snapshot(&[
+        "--service",
+        &by_name,
+        "--service",
+        &service,
+        "--service",
+        "dkt-nothing-runs-this",
+    ]);
+    out.code(0)
+        .stderr_has("dkt-nothing-runs-this has no container");
+    let s = &out.record["snapshot"];
+    assert_eq!(s["containers"][0]["service"], by_name.as_str());
+    assert_eq!(s["containers"][0]["image_id"], image_of(&by_name));
+    assert_eq!(s["containers"][0]["image"], "dkt/app:v1");
+    assert_eq!(s["containers"][1]["service"], service.as_str());
+    assert_eq!(s["containers"][1]["name"], by_label.as_str());
+    assert_eq!(s["containers"][1]["image_id"], image_of(&by_label));
+    assert_eq!(s["missing"], testkit::json!(["dkt-nothing-runs-this"]));
+    let mut images = vec![image_of(&by_name), image_of(&by_label)];
+    images.sort();
+    assert_eq!(s["images"], testkit::json!(images));
+    // The environment values are in the private manifest only, never in the record.
+    assert!(!out.stdout.contains("APP_SECRET_SETTING"));
+    let path = Path::new(s["path"].as_str().unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.join("manifest.json")).unwrap()).unwrap();
+    let c = &manifest["containers"][0];
+    assert_eq!(c["image"]["tags"], testkit::json!(["dkt/app:v1"]));
+    assert_eq!(
+        c["inspect"]["Id"],
+        docker(&["inspect", "-f", "{{.Id}}", &by_name])
+    );
+    assert!(c["inspect"]["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&testkit::json!(format!("APP_SECRET_SETTING={SECRET}"))));
+
+    let list = d.snapshot(&["--list"]);
+    list.code(0).stderr_has(&format!("{by_name}=dkt/app:v1"));
+    assert_eq!(list.record["snapshot"]["images"], testkit::json!(images));
+}
