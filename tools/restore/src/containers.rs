@@ -337,6 +337,7 @@ fn request(p: &Planned, args: &Args, dry_run: bool) -> swap::Request {
     req.health.path.clone_from(&args.health_path);
     req.health.timeout = args.health_timeout;
     req.keep = args.keep_old;
+    req.drain = args.drain;
     if let Some(dir) = &args.lock_dir {
         req.lock_dir.clone_from(dir);
     }

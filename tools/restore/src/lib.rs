@@ -116,6 +116,11 @@ pub struct Args {
           value_parser = kit::parse_duration)]
     pub health_timeout: Duration,
 
+    /// nginx: the longest wait for old nginx workers (default 30s); alias: how long the failed
+    /// version still serves alongside (default 3s)
+    #[arg(long, env = "RESTORE_DRAIN", value_name = "DURATION", value_parser = kit::parse_duration)]
+    pub drain: Option<Duration>,
+
     /// How many stopped containers of the failed version to keep (named <name>-old-<id>)
     #[arg(
         long = "keep-old",

@@ -179,11 +179,17 @@ pub fn verify_independently(snapshot: &Path) -> Result<Vec<String>, String> {
 /// Runs the fixture app as a service container on `net`; returns its name.
 pub fn run_app(cleanup: &mut Cleanup, net: &str, image: &str, extra: &[&str]) -> String {
     let name = cleanup.container(&unique("svc"));
+    run_named(&name, net, image, extra);
+    name
+}
+
+/// `docker run -d --name NAME` on `net`, labelled as a test's, with a secret in its env.
+pub fn run_named(name: &str, net: &str, image: &str, extra: &[&str]) {
     let mut args = vec![
         "run",
         "-d",
         "--name",
-        &name,
+        name,
         "--label",
         testkit::LABEL,
         "--network",
@@ -194,7 +200,6 @@ pub fn run_app(cleanup: &mut Cleanup, net: &str, image: &str, extra: &[&str]) ->
     args.extend_from_slice(extra);
     args.push(image);
     docker(&args);
-    name
 }
 
 /// The image id a container runs.
