@@ -210,15 +210,18 @@ fn dockerignore_sends_the_same_files_as_the_docker_cli() {
     let ours = c.image(&format!("{}:ours", unique("parity")));
     let theirs = c.image(&format!("{}:theirs", unique("parity")));
     build(dir.path(), &["-t", &ours]).code(0);
-    docker(&[
-        "build",
-        "-q",
-        "--label",
-        LABEL,
-        "-t",
-        &theirs,
-        &dir.path().to_string_lossy(),
-    ]);
+    // The CLI's classic builder, as img-build uses (with BuildKit the CLI would not send a tar).
+    let cli = Command::new("docker")
+        .args(["build", "-q", "--label", LABEL, "-t", &theirs])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let (ours, theirs) = (files_in(&ours), files_in(&theirs));
     assert_eq!(ours, theirs);
     // And the cases the patterns are about, so an empty /ctx cannot pass.
