@@ -27,3 +27,7 @@ bench-swap:
 # img-build and img-push: build and push time vs the docker CLI, memory for a 1 GiB context
 bench-build:
     scripts/bench-build
+
+# snapshot and restore: snapshot and file-restore time vs cp + docker inspect, one container swapped back vs rm + run
+bench-snapshot:
+    scripts/bench-snapshot

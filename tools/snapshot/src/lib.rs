@@ -89,7 +89,7 @@ pub struct Args {
 
     /// List the snapshots instead of taking one: JSON in the record (snapshot.list), a table on
     /// stderr. Corrupt ones are shown apart and never offered
-    #[arg(long, conflicts_with_all = ["files", "services"])]
+    #[arg(long)]
     pub list: bool,
 
     /// How long to wait while another snapshot is being taken into the same backups directory

@@ -61,6 +61,29 @@ fn a_snapshot_is_private_whole_and_listed() {
 }
 
 #[test]
+fn everyday_env_values_leave_the_record_whole() {
+    let d = Deploy::new();
+    d.write(
+        ".env.production",
+        format!(
+            "PORT=8000\nRAILS_ENV=production\nTAG=snapshot\nAPP_ROOT={}\nSECRET_KEY_BASE={SECRET}\n",
+            d.dir.display()
+        )
+        .as_bytes(),
+        0o600,
+    );
+    let out = d.snapshot(&[]);
+    out.code(0).one_record();
+    let s = &out.record["snapshot"];
+    assert_eq!(s["files"][0]["path"], ".env.production");
+    assert!(s["path"]
+        .as_str()
+        .unwrap()
+        .starts_with(&d.dir.display().to_string()));
+    assert!(s["ms"].is_u64());
+}
+
+#[test]
 fn named_files_and_directories_are_backed_up_and_bad_names_refused() {
     let d = Deploy::new();
     d.write("nginx/conf.d/app.conf", b"server {}\n", 0o640);
