@@ -12,6 +12,7 @@ pub mod health;
 pub mod image;
 pub mod log;
 pub mod record;
+pub mod registry;
 
 use std::io::Write;
 use std::process::ExitCode;

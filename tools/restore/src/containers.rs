@@ -191,7 +191,10 @@ pub fn pull(engine: &Engine, planned: &[Planned]) -> Result<Vec<String>> {
             let options = CreateImageOptionsBuilder::default()
                 .from_image(candidate)
                 .build();
-            let mut stream = engine.docker.create_image(Some(options), None, None);
+            let credentials = kit::image::Reference::parse(candidate)
+                .ok()
+                .and_then(|r| kit::registry::from_docker_config(&r));
+            let mut stream = engine.docker.create_image(Some(options), None, credentials);
             let result: std::result::Result<(), bollard::errors::Error> = engine.block(async {
                 while let Some(item) = stream.next().await {
                     item?;

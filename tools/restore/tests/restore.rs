@@ -308,33 +308,56 @@ fn an_image_that_is_gone_and_was_never_pushed_fails_before_anything_changes() {
 }
 
 #[test]
-fn an_image_that_is_gone_is_pulled_back_by_its_digest() {
+fn an_image_that_is_gone_is_pulled_back_by_its_digest_with_the_docker_config_login() {
+    const PASSWORD: &str = "registry-Sentinel-pw-9d2";
     let (d, mut cleanup, net, _) = site();
-    let registry = cleanup.registry(None);
+    let registry = cleanup.registry(Some(&format!("dkt:{PASSWORD}")));
+    let config = std::env::temp_dir().join(unique("docker-config"));
+    cleanup.dir(&config);
+    let config = config.display().to_string();
+    docker(&[
+        "--config", &config, "login", "-u", "dkt", "-p", PASSWORD, &registry,
+    ]);
     let reference = format!("{registry}/{}:v1", unique("pushed"));
     unique_image(&mut cleanup, &net, &reference);
-    docker(&["push", &reference]);
+    docker(&["--config", &config, "push", &reference]);
     let svc = run_app(&mut cleanup, &net, &reference, &[]);
     let recorded = image_of(&svc);
-    let snap = d.snapshot(&["--service", &svc]);
-    id_of(&snap);
+    id_of(&d.snapshot(&["--service", &svc]));
 
+    d.write(".env.production", b"DATABASE_URL=postgres://new\n", 0o600);
     redeploy(&svc, &net, "dkt/app:v2");
     docker(&["rmi", &reference]);
     assert!(docker_try(&["image", "inspect", &recorded]).is_err());
+    let live = d.state();
+    let args = ["--latest", "--strategy", "alias", "--drain", "200ms"];
 
-    let out = d.restore(&[
-        "--latest",
-        "--strategy",
-        "alias",
-        "--drain",
-        "200ms",
-        "--no-files",
-    ]);
+    // Without the login the registry refuses: a clear error, and nothing changed.
+    let out = tool("restore")
+        .args(["--dir", &d.dir.display().to_string()])
+        .args(args)
+        .env(
+            "DOCKER_CONFIG",
+            std::env::temp_dir().join(unique("no-config")),
+        )
+        .run();
+    out.code(1)
+        .stderr_has("pulling it back failed")
+        .stderr_has("nothing was changed");
+    assert_eq!(d.state(), live);
+    assert_ne!(image_of(&svc), recorded);
+
+    let out = tool("restore")
+        .args(["--dir", &d.dir.display().to_string()])
+        .args(args)
+        .env("DOCKER_CONFIG", &config)
+        .run();
     out.code(0).stderr_has("pulling");
+    assert!(!out.stdout.contains(PASSWORD) && !out.stderr.contains(PASSWORD));
     let c = &out.record["restore"]["containers"][0];
     assert!(c["pulled"].as_str().unwrap().contains("@sha256:"));
     assert_eq!(image_of(&svc), recorded);
+    assert_ne!(d.state(), live, "the files were restored too");
 }
 
 #[test]
