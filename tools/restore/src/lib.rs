@@ -245,7 +245,19 @@ impl Args {
                 f.tool, f.step, f.error
             ));
         }
-        let path = self.select(record)?;
+        let Some(path) = self.select(record)? else {
+            let why = format!(
+                "nothing to roll back: the deploy failed{} before anything was deployed (no \
+                 snapshot named, swap never ran)",
+                failure
+                    .as_ref()
+                    .map(|f| format!(" at {}", f.tool))
+                    .unwrap_or_default()
+            );
+            kit::log::info(&why);
+            out.reason = Some(why);
+            return Ok(());
+        };
         let id = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -395,8 +407,9 @@ impl Args {
         Ok(())
     }
 
-    /// The snapshot to restore: --id, --latest, else the record's.
-    fn select(&self, record: &Record) -> Result<PathBuf> {
+    /// The snapshot to restore: --id, --latest, else the record's. `None`: the record names
+    /// none, and nothing was deployed (the deploy failed before swap ran).
+    fn select(&self, record: &Record) -> Result<Option<PathBuf>> {
         let base = self.dir.clone().unwrap_or_else(|| PathBuf::from("."));
         let backups = || snapshot::backups_dir(&base, self.backups.as_deref());
         if let Some(id) = &self.id {
@@ -414,7 +427,7 @@ impl Args {
                     "--id",
                     format!("there is no snapshot {id} in {}", backups()?.display()),
                 )),
-                _ => Ok(path),
+                _ => Ok(Some(path)),
             };
         }
         if self.latest {
@@ -422,7 +435,7 @@ impl Args {
             return match store::latest_good(&backups)? {
                 Some(entry) => {
                     kit::log::info(&format!("the latest whole snapshot is {}", entry.id));
-                    Ok(entry.path)
+                    Ok(Some(entry.path))
                 }
                 None => Err(Error::step(
                     "select",
@@ -434,12 +447,15 @@ impl Args {
             };
         }
         if let Some(path) = record.string("snapshot.path")? {
-            return Ok(PathBuf::from(path));
+            return Ok(Some(PathBuf::from(path)));
         }
         if let Some(id) = record.string("snapshot.id")? {
             if store::Name::parse(&id).is_some() {
-                return Ok(backups()?.join(id));
+                return Ok(Some(backups()?.join(id)));
             }
+        }
+        if !swap_ran(record) {
+            return Ok(None);
         }
         Err(Error::input(
             "snapshot.path",
@@ -447,6 +463,23 @@ impl Args {
              --latest nor --id was given",
         ))
     }
+}
+
+/// Whether swap ran in this deploy (and so may have changed what serves): a step of it that
+/// was not skipped or refused as bad input.
+fn swap_ran(record: &Record) -> bool {
+    record
+        .get("steps")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            s.get("tool").and_then(Value::as_str) == Some("swap")
+                && matches!(
+                    s.get("outcome").and_then(Value::as_str),
+                    Some("ok" | "failed")
+                )
+        })
 }
 
 /// SIGINT and SIGTERM set a flag that swap checks between its steps: a recreate then stops

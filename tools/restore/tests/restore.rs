@@ -404,12 +404,27 @@ fn without_a_failure_or_a_choice_it_does_nothing_and_says_so() {
     assert_eq!(out.record["restore"]["restored"], false);
     assert_eq!(d.state(), live);
 
-    // A failure, but no snapshot named anywhere: bad input, the failure kept.
+    // swap failed, but no snapshot is named anywhere: bad input, the failure kept.
     let out = tool("restore")
-        .record(&json!({"failure": failed(&snap)["failure"]}))
+        .record(&json!({
+            "failure": failed(&snap)["failure"],
+            "steps": [{"tool": "swap", "outcome": "failed", "started_at": "", "ms": 1}],
+        }))
         .run();
     out.code(2).stderr_has("snapshot.path");
     assert_eq!(out.failure_from("swap")["step"], "health");
+    assert_eq!(d.state(), live);
+
+    // The deploy failed before anything was deployed (here: the snapshot itself): nothing to
+    // roll back, and the pipe still ends red.
+    let out = shell(&format!(
+        "cd {} && snapshot --file missing.yml </dev/null \
+         | swap --service dkt-none --image dkt/app:v2 --strategy recreate | restore",
+        d.dir.display()
+    ));
+    out.code(1).one_record().stderr_has("nothing to roll back");
+    out.failure_from("snapshot");
+    assert_eq!(out.record["restore"]["restored"], false);
     assert_eq!(d.state(), live);
 
     d.restore(&["--id", "../etc"]).code(2).stderr_has("--id");
