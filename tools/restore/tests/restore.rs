@@ -6,9 +6,14 @@
 mod deploy;
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use deploy::{image_of, run_app, Deploy};
-use testkit::{docker, docker_try, fixtures, json, shell, tool, unique, Cleanup, Value};
+use testkit::{
+    docker, docker_try, eventually, fixtures, http_get, json, shell, tool, unique, Cleanup, Value,
+};
 
 /// The service container `name` replaced by one running `image` (a deploy done by hand).
 fn redeploy(name: &str, net: &str, image: &str) {
@@ -203,6 +208,103 @@ fn a_failed_check_after_a_good_swap_moves_traffic_back_the_way_swap_moved_it() {
     assert_eq!(c["strategy"], "alias");
     assert_eq!(out.record["restore"]["healthy"], true);
     assert_eq!(image_of(&svc), v1);
+}
+
+/// The IP of a container on a network.
+fn ip_of(container: &str, net: &str) -> String {
+    docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        container,
+    ])
+}
+
+#[test]
+fn behind_nginx_the_rollback_drops_no_request() {
+    let (d, mut cleanup, net, svc) = site();
+    let nginx = cleanup.container(&unique("nginx"));
+    let conf = d.path("nginx-conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let upstream = conf.join("upstream-backend.conf");
+    std::fs::write(
+        &upstream,
+        format!(
+            "upstream backend {{\n    server {}:8000;\n}}\n",
+            ip_of(&svc, &net)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("site.conf"),
+        "server {\n    listen 80;\n    location / {\n        proxy_pass http://backend;\n    }\n}\n",
+    )
+    .unwrap();
+    deploy::run_named(
+        &nginx,
+        &net,
+        "dkt/nginx:latest",
+        &["-v", &format!("{}:/etc/nginx/conf.d", conf.display())],
+    );
+    let url = format!("http://{}:80/version", ip_of(&nginx, &net));
+    let version = move || {
+        http_get(&url, Duration::from_secs(2))
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|r| r.2.trim().to_string())
+    };
+    assert!(eventually(Duration::from_secs(10), || version().is_some()));
+    let v1 = version().unwrap();
+
+    // Requests through nginx all along, from the deploy to the end of the rollback.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, version) = (stop.clone(), version.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut failed = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match version() {
+                    Some(v) => seen.push(v),
+                    None => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (seen, failed)
+        })
+    };
+    let locks = d.path("locks");
+    let out = shell(&format!(
+        "cd {dir} && snapshot --service {svc} </dev/null \
+         | swap --service {svc} --image dkt/app:v2 --upstream-file {upstream} \
+                --upstream backend --nginx-container {nginx} --health-path /health \
+                --lock-dir {locks} \
+         | healthwait --url http://127.0.0.1:9/health --timeout 300ms \
+         | restore --lock-dir {locks}",
+        dir = d.dir.display(),
+        upstream = upstream.display(),
+        locks = locks.display(),
+    ));
+    stop.store(true, Ordering::SeqCst);
+    let (seen, failed) = prober.join().unwrap();
+    out.code(1).one_record();
+    out.failure_from("healthwait");
+    let c = &out.record["restore"]["containers"][0];
+    assert_eq!(
+        c["strategy"], "nginx",
+        "the strategy swap used, from the record"
+    );
+    assert_eq!(c["action"], "recreated");
+    assert_eq!(
+        failed, 0,
+        "requests failed during the deploy and the rollback"
+    );
+    assert!(seen.iter().any(|v| *v != v1), "v2 never served: {seen:?}");
+    assert_eq!(seen.last(), Some(&v1));
+    assert_eq!(version().as_deref(), Some(v1.as_str()));
+    assert!(std::fs::read_to_string(&upstream)
+        .unwrap()
+        .contains(&format!("server {}:8000;", ip_of(&svc, &net))));
 }
 
 #[test]
