@@ -114,7 +114,7 @@ impl Tool for Args {
             duration_ms: 0,
         };
         for (i, tag) in tags.iter().enumerate() {
-            let credentials = auth.for_registry(&tag.registry);
+            let credentials = auth.for_tag(tag);
             match self.push_with_retries(&engine, tag, credentials) {
                 Ok(digest) => result.pushed.push(PushedTag {
                     tag: tag.to_string(),
@@ -433,57 +433,17 @@ impl Auth {
         }
     }
 
-    /// The credentials to send for `registry`; `None` pushes anonymously.
-    fn for_registry(&self, registry: &str) -> Option<DockerCredentials> {
-        let key = Reference::parse(&format!("{registry}/x"))
-            .map(|r| r.auth_key().to_string())
-            .unwrap_or_else(|_| registry.to_string());
-        let (username, password, token) = match self {
-            Auth::Env { username, password } => {
-                (Some(username.clone()), Some(password.clone()), None)
-            }
-            Auth::DockerConfig => match docker_credential::get_credential(&key) {
-                Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
-                    log::secret(&p);
-                    log::debug(&format!(
-                        "credentials for {registry}: docker config (user and password)"
-                    ));
-                    (Some(u), Some(p), None)
-                }
-                Ok(docker_credential::DockerCredential::IdentityToken(t)) => {
-                    log::secret(&t);
-                    log::debug(&format!(
-                        "credentials for {registry}: docker config (identity token)"
-                    ));
-                    (None, None, Some(t))
-                }
-                Err(
-                    docker_credential::CredentialRetrievalError::ConfigNotFound
-                    | docker_credential::CredentialRetrievalError::ConfigReadError
-                    | docker_credential::CredentialRetrievalError::NoCredentialConfigured,
-                ) => {
-                    log::debug(&format!(
-                        "no credentials for {registry}: pushing anonymously"
-                    ));
-                    return None;
-                }
-                Err(e) => {
-                    // A helper's output may hold secrets: keep only the first line.
-                    let first = e.to_string().lines().next().unwrap_or_default().to_string();
-                    log::warn(&format!(
-                        "cannot read the credentials for {registry} from the docker config ({first}); pushing anonymously"
-                    ));
-                    return None;
-                }
-            },
-        };
-        Some(DockerCredentials {
-            username,
-            password,
-            identitytoken: token,
-            serveraddress: Some(key),
-            ..Default::default()
-        })
+    /// The credentials to send for the registry of `tag`; `None` pushes anonymously.
+    fn for_tag(&self, tag: &Reference) -> Option<DockerCredentials> {
+        match self {
+            Auth::Env { username, password } => Some(DockerCredentials {
+                username: Some(username.clone()),
+                password: Some(password.clone()),
+                serveraddress: Some(tag.auth_key().to_string()),
+                ..Default::default()
+            }),
+            Auth::DockerConfig => kit::registry::from_docker_config(tag),
+        }
     }
 
     /// What to check when the registry refused the credentials.
