@@ -31,3 +31,7 @@ bench-build:
 # snapshot and restore: snapshot and file-restore time vs cp + docker inspect, one container swapped back vs rm + run
 bench-snapshot:
     scripts/bench-snapshot
+
+# The main job on a local default: a real deploy end to end (scripts/demo clean undoes it)
+demo:
+    scripts/demo

@@ -82,15 +82,18 @@ pub trait Tool: clap::Parser {
 
 /// The whole life of a tool process: parse flags, read the record, run, write the record once.
 pub fn main<T: Tool>() -> ExitCode {
-    let started = Instant::now();
-    let started_at = record::now_rfc3339();
     let args = match T::try_parse() {
         Ok(args) => args,
-        Err(err) => return usage_error::<T>(err, &started_at),
+        Err(err) => return usage_error::<T>(err),
     };
     log::init(T::NAME, args.common().quiet, args.common().verbose);
 
-    let mut record = match Record::from_stdin() {
+    // In a pipe every tool starts at once and waits for the record: its step starts when the
+    // record has arrived, so `steps[].ms` is the tool's own time, not the pipe's so far.
+    let record = Record::from_stdin();
+    let started = Instant::now();
+    let started_at = record::now_rfc3339();
+    let mut record = match record {
         Ok(record) => record,
         Err(err) => {
             // Not a record at all: say so on stdout too, in a fresh record.
@@ -130,7 +133,7 @@ pub fn main<T: Tool>() -> ExitCode {
 
 /// A flag that clap refused: one line on stderr, the record passed on with the failure, exit 2.
 /// `--help` and `--version` print and exit 0 without reading stdin.
-fn usage_error<T: Tool>(err: clap::Error, started_at: &str) -> ExitCode {
+fn usage_error<T: Tool>(err: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(
         err.kind(),
@@ -151,7 +154,7 @@ fn usage_error<T: Tool>(err: clap::Error, started_at: &str) -> ExitCode {
     log::error(&err.to_string());
     let mut record = Record::from_stdin().unwrap_or_default();
     record.set_failure(T::NAME, &err);
-    record.add_step(T::NAME, Exit::BadInput, started_at, 0);
+    record.add_step(T::NAME, Exit::BadInput, &record::now_rfc3339(), 0);
     finish(&record, Exit::BadInput)
 }
 
