@@ -35,3 +35,61 @@ bench-snapshot:
 # The main job on a local default: a real deploy end to end (scripts/demo clean undoes it)
 demo:
     scripts/demo
+
+# Where `deploy` keeps each stage's record, one directory per deploy
+state := env_var_or_default("DEPLOY_STATE", ".state/deploys")
+
+# Build the app image: img-build, record in {{state}}/build.json (REGISTRY, IMAGE from env or .env)
+build tag=`git rev-parse --short=12 HEAD`:
+    mkdir -p {{state}}
+    img-build --context . --tag "${REGISTRY:?set REGISTRY}/${IMAGE:?set IMAGE}:{{tag}}" > {{state}}/build.json
+
+# Push what `build` built: img-push, record in {{state}}/push.json
+push:
+    img-push < {{state}}/build.json > {{state}}/push.json
+
+# Deploy on the server: snapshot → swap backend → healthwait → swap frontend → final health →
+# restore on failure → notify. Pipe a record in (from `push`, or CI) or set SWAP_IMAGE.
+# swap, restore and notify read their settings from the environment (SWAP_*, NOTIFY_URLS).
+deploy:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="{{state}}/$(date -u +%Y%m%dT%H%M%SZ)-$$"
+    mkdir -p "$dir"
+    if [ -t 0 ]; then : > "$dir/00-input.json"; else cat > "$dir/00-input.json"; fi
+    last="$dir/00-input.json"
+    stage() { # NAME TOOL ARGS...: one stage, its record kept; a failure is recorded, not fatal
+      local out="$dir/$1.json"; shift
+      "$@" < "$last" > "$out" || true
+      last=$out
+    }
+    stage 01-snapshot snapshot --service "${BACKEND:-backend}" ${FRONTEND:+--service "$FRONTEND"}
+    # CI hands the new .env over as .env.production.next, so the snapshot holds the old one.
+    if [ -f .env.production.next ]; then mv .env.production.next .env.production; fi
+    stage 02-swap-backend swap --service "${BACKEND:-backend}"
+    stage 03-health healthwait
+    if [ -n "${FRONTEND_IMAGE:-}" ]; then
+      stage 04-swap-frontend env -u SWAP_IMAGE -u SWAP_STRATEGY -u SWAP_UPSTREAM_FILE \
+        swap --service "${FRONTEND:-frontend}" --image "$FRONTEND_IMAGE" --strategy recreate
+    fi
+    if [ -n "${APP_URL:-}" ]; then stage 05-final-health healthwait --url "$APP_URL"; fi
+    stage 06-restore restore
+    stage 07-notify notify
+    cat "$last"
+    echo "deploy: records in $dir" >&2
+    ! jq -e .failure "$last" > /dev/null
+
+# Roll back to a snapshot: the newest, or one from `snapshot --list`
+rollback id="":
+    if [ -n "{{id}}" ]; then restore --id "{{id}}" </dev/null; else restore --latest </dev/null; fi | notify
+
+# List the snapshots one can go back to
+snapshots:
+    snapshot --list </dev/null > /dev/null
+
+# Send the record of the last deploy again (e.g. after fixing a channel)
+renotify:
+    notify < "$(ls -d {{state}}/*/ | tail -1)07-notify.json" > /dev/null
+
+# Every benchmark, one table each
+bench: bench-healthwait bench-build bench-swap bench-snapshot bench-notify
