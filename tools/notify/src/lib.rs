@@ -185,6 +185,11 @@ impl Tool for Args {
         let telegram_api = self.telegram_api()?;
         let smtp_ca = self.smtp_ca(&channels)?;
 
+        // The end of the pipe writes the deploy's step summary (a table and a Mermaid gantt).
+        if kit::github::is_actions() {
+            kit::github::summary(&kit::github::summary_markdown(record));
+        }
+
         let context = Context {
             repository: self.repository,
             branch: self.branch,

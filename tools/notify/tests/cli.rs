@@ -292,6 +292,34 @@ fn under_github_actions_secrets_are_masked_and_kept_out_of_outputs() {
 }
 
 #[test]
+fn under_github_actions_the_step_summary_has_the_steps_and_a_gantt() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.md");
+    let mut record = deployed();
+    record["steps"] = json!([
+        {"tool": "img-build", "outcome": "ok", "started_at": "2026-11-26T23:30:00.000Z", "ms": 8123},
+        {"tool": "swap", "outcome": "ok", "started_at": "2026-11-26T23:30:08.200Z", "ms": 1500}
+    ]);
+    let out = notify()
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .record(&record)
+        .run();
+    out.code(0);
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains("### Deploy succeeded"), "{md}");
+    assert!(
+        md.contains("| img-build | ok | 2026-11-26T23:30:00.000Z | 8.1s |"),
+        "{md}"
+    );
+    assert!(md.contains("```mermaid\ngantt"), "{md}");
+    assert!(
+        md.contains("    swap : 1795735808200, 1795735809700"),
+        "{md}"
+    );
+}
+
+#[test]
 fn several_urls_in_notify_urls() {
     let a = StubServer::start(|_| Some((200, "text/plain", "ok".into())));
     let b = StubServer::start(|_| Some((200, "text/plain", "ok".into())));

@@ -778,9 +778,12 @@ impl Swap<'_> {
             }
             return Ok(());
         };
+        // Traffic has moved: even when a signal came, the old nginx workers are waited for
+        // (bounded by the drain limit), since stopping the old container under them fails
+        // their requests with 502s. Only the alias window is cut short by a signal.
         let mut interrupted = self.begin("drain").err();
+        self.drain(pre, drain_from.as_ref());
         if interrupted.is_none() {
-            self.drain(pre, drain_from.as_ref());
             self.end("drain");
             interrupted = self.check("drain").err();
         }
@@ -1196,7 +1199,7 @@ impl Swap<'_> {
             (Strategy::Nginx(_), Some(n), Some(before)) => {
                 let limit = self.req.drain.unwrap_or(DEFAULT_NGINX_DRAIN);
                 let mut left = before.clone();
-                while !left.is_empty() && start.elapsed() < limit && !(self.stop)() {
+                while !left.is_empty() && start.elapsed() < limit {
                     match nginx::workers_of(self.engine, &n.at, self.nginx_master) {
                         Ok(now) => left.retain(|p| now.contains(p)),
                         Err(e) => {
