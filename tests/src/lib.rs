@@ -325,6 +325,16 @@ pub fn docker_try(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// A container's IP address on a Docker network the test made.
+pub fn ip_of(container: &str, net: &str) -> String {
+    docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        container,
+    ])
+}
+
 /// Builds the fixture images once per test process (scripts/fixtures is idempotent and quick
 /// when they are up to date). Fails the test with one clear line when the engine is down.
 pub fn fixtures() {

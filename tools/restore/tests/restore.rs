@@ -211,15 +211,6 @@ fn a_failed_check_after_a_good_swap_moves_traffic_back_the_way_swap_moved_it() {
 }
 
 /// The IP of a container on a network.
-fn ip_of(container: &str, net: &str) -> String {
-    docker(&[
-        "inspect",
-        "-f",
-        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
-        container,
-    ])
-}
-
 #[test]
 fn behind_nginx_the_rollback_drops_no_request() {
     let (d, mut cleanup, net, svc) = site();
@@ -231,7 +222,7 @@ fn behind_nginx_the_rollback_drops_no_request() {
         &upstream,
         format!(
             "upstream backend {{\n    server {}:8000;\n}}\n",
-            ip_of(&svc, &net)
+            testkit::ip_of(&svc, &net)
         ),
     )
     .unwrap();
@@ -246,7 +237,7 @@ fn behind_nginx_the_rollback_drops_no_request() {
         "dkt/nginx:latest",
         &["-v", &format!("{}:/etc/nginx/conf.d", conf.display())],
     );
-    let url = format!("http://{}:80/version", ip_of(&nginx, &net));
+    let url = format!("http://{}:80/version", testkit::ip_of(&nginx, &net));
     let version = move || {
         http_get(&url, Duration::from_secs(2))
             .ok()
@@ -304,7 +295,7 @@ fn behind_nginx_the_rollback_drops_no_request() {
     assert_eq!(version().as_deref(), Some(v1.as_str()));
     assert!(std::fs::read_to_string(&upstream)
         .unwrap()
-        .contains(&format!("server {}:8000;", ip_of(&svc, &net))));
+        .contains(&format!("server {}:8000;", testkit::ip_of(&svc, &net))));
 }
 
 #[test]

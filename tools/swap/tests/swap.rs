@@ -56,7 +56,7 @@ impl Site {
                 &net,
                 &["-e", "DATABASE_URL=postgres://db/app", "dkt/app:v1"],
             );
-            format!("{}:8000", ip_of(&backend, &net))
+            format!("{}:8000", testkit::ip_of(&backend, &net))
         } else {
             // Nothing deployed yet: a placeholder nginx accepts.
             "127.0.0.1:9".to_string()
@@ -104,7 +104,7 @@ impl Site {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}:80{path}", ip_of(&self.nginx, &self.net))
+        format!("http://{}:80{path}", testkit::ip_of(&self.nginx, &self.net))
     }
 
     /// `swap` of the backend to `image` through nginx, health on /health.
@@ -152,7 +152,7 @@ impl Site {
 
     /// The upstream file points at the live container.
     fn assert_upstream_is_live(&self) {
-        let ip = ip_of(&self.backend, &self.net);
+        let ip = testkit::ip_of(&self.backend, &self.net);
         assert!(
             self.upstream_text().contains(&format!("server {ip}:8000;")),
             "upstream file does not point at {} ({ip}):\n{}",
@@ -192,15 +192,6 @@ fn run_app(name: &str, net: &str, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     docker(&args);
-}
-
-fn ip_of(container: &str, net: &str) -> String {
-    docker(&[
-        "inspect",
-        "-f",
-        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
-        container,
-    ])
 }
 
 /// Requests through nginx from a few threads until stopped: statuses and versions seen.
@@ -329,7 +320,7 @@ impl Paused {
 #[test]
 fn good_swap_under_load_fails_no_request_and_both_versions_answer() {
     let site = Site::new();
-    let old_ip = ip_of(&site.backend, &site.net);
+    let old_ip = testkit::ip_of(&site.backend, &site.net);
     let load = Load::start(&site.url("/version"), 4);
     std::thread::sleep(Duration::from_millis(500));
     let out = site.swap("dkt/app:v2").run();
