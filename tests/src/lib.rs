@@ -325,6 +325,23 @@ pub fn docker_try(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// `docker run -d --name NAME --label io.deploykit.test=1 --network NET ARGS…`: a test's
+/// container on a network it made; `args` are further flags, then the image and its command.
+pub fn run_container(name: &str, net: &str, args: &[&str]) -> String {
+    let mut all = vec![
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        LABEL,
+        "--network",
+        net,
+    ];
+    all.extend_from_slice(args);
+    docker(&all)
+}
+
 /// A container's IP address on a Docker network the test made.
 pub fn ip_of(container: &str, net: &str) -> String {
     docker(&[

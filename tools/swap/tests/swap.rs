@@ -180,18 +180,7 @@ impl Site {
 
 /// `docker run -d` of a test-labelled container on `net`: extra flags, then the image.
 fn run_app(name: &str, net: &str, extra: &[&str]) {
-    let mut args = vec![
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--label",
-        testkit::LABEL,
-        "--network",
-        net,
-    ];
-    args.extend_from_slice(extra);
-    docker(&args);
+    testkit::run_container(name, net, extra);
 }
 
 /// Requests through nginx from a few threads until stopped: statuses and versions seen.

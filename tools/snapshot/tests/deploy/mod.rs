@@ -185,21 +185,10 @@ pub fn run_app(cleanup: &mut Cleanup, net: &str, image: &str, extra: &[&str]) ->
 
 /// `docker run -d --name NAME` on `net`, labelled as a test's, with a secret in its env.
 pub fn run_named(name: &str, net: &str, image: &str, extra: &[&str]) {
-    let mut args = vec![
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--label",
-        testkit::LABEL,
-        "--network",
-        net,
-        "-e",
-        "APP_SECRET_SETTING=hunter2-Sentinel-7f3e",
-    ];
+    let mut args = vec!["-e", "APP_SECRET_SETTING=hunter2-Sentinel-7f3e"];
     args.extend_from_slice(extra);
     args.push(image);
-    docker(&args);
+    testkit::run_container(name, net, &args);
 }
 
 /// The image id a container runs.
