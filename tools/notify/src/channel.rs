@@ -497,13 +497,7 @@ pub fn is_loopback(host: &str) -> bool {
 fn email(raw: &str) -> Parsed {
     let implicit = raw[..6].eq_ignore_ascii_case("smtps:");
     let scheme = if implicit { "smtps" } else { "smtp" };
-    let url = Url::parse(raw).map_err(|e| Bad {
-        shown: format!(
-            "{scheme}://{}",
-            hide_rest(raw.split_once("://").map_or("", |p| p.1))
-        ),
-        why: format!("not a valid URL: {e}"),
-    })?;
+    let url = parse_url(scheme, raw)?;
     let password = url.password().map(decode).filter(|p| !p.is_empty());
     if let Some(p) = &password {
         secret(p);
@@ -629,15 +623,20 @@ fn email(raw: &str) -> Parsed {
 
 // --- webhooks ----------------------------------------------------------------------------
 
-fn webhook(scheme: &str, real: &str, payload: Payload) -> Parsed {
-    let scheme = scheme.to_ascii_lowercase();
-    let url = Url::parse(real).map_err(|e| Bad {
+/// Parses a channel URL; a bad one is named by its scheme with everything after it hidden.
+fn parse_url(scheme: &str, raw: &str) -> Result<Url, Bad> {
+    Url::parse(raw).map_err(|e| Bad {
         shown: format!(
             "{scheme}://{}",
-            hide_rest(real.split_once("://").map_or("", |p| p.1))
+            hide_rest(raw.split_once("://").map_or("", |p| p.1))
         ),
         why: format!("not a valid URL: {e}"),
-    })?;
+    })
+}
+
+fn webhook(scheme: &str, real: &str, payload: Payload) -> Parsed {
+    let scheme = scheme.to_ascii_lowercase();
+    let url = parse_url(&scheme, real)?;
     if let Some(p) = url.password() {
         secret(&decode(p));
         secret(p);
