@@ -245,6 +245,25 @@ impl Out {
         self
     }
 
+    /// `steps[]` as `"tool outcome"`, in order: `["snapshot ok", "swap failed", …]`.
+    pub fn steps(&self) -> Vec<String> {
+        self.record["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} {}",
+                            s["tool"].as_str().unwrap_or("?"),
+                            s["outcome"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The recorded failure, asserting there is one from `tool`.
     pub fn failure_from(&self, tool: &str) -> &Value {
         let f = &self.record["failure"];
@@ -340,6 +359,32 @@ pub fn run_container(name: &str, net: &str, args: &[&str]) -> String {
     ];
     all.extend_from_slice(args);
     docker(&all)
+}
+
+/// Builds `tag` from a Dockerfile alone (no context; the legacy builder's notice is kept out
+/// of the test's output), removed when `cleanup` drops. Returns the image id.
+pub fn build_image(cleanup: &mut Cleanup, tag: &str, dockerfile: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the docker CLI is installed");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(dockerfile.as_bytes())
+        .expect("write the Dockerfile");
+    drop(stdin);
+    let out = child.wait_with_output().expect("docker build");
+    assert!(
+        out.status.success(),
+        "docker build -t {tag} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cleanup.image(tag);
+    docker(&["image", "inspect", "-f", "{{.Id}}", tag])
 }
 
 /// A container's IP address on a Docker network the test made.

@@ -6,11 +6,13 @@
 //! (`missing`), what retention removed (`pruned`) and the image ids every kept snapshot needs
 //! (`images`: an image cleanup must leave these alone). With `--list`: `list` (newest first),
 //! `corrupt` and `images` instead. Never an environment value: those stay in the private
-//! manifest.
+//! manifest. With `--prune-images`: no snapshot is taken; `prune` is added to the `snapshot`
+//! result already in the record (what the cleanup removed and kept, and why).
 //!
 //! The library side is for the other tools: `restore` reads snapshots through [`store`] and
 //! [`manifest`]; an image cleanup asks [`kept_images`] which images it must keep.
 
+pub mod images;
 pub mod manifest;
 pub mod store;
 pub mod take;
@@ -89,8 +91,23 @@ pub struct Args {
 
     /// List the snapshots instead of taking one: JSON in the record (snapshot.list), a table on
     /// stderr. Corrupt ones are shown apart and never offered
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prune_images")]
     pub list: bool,
+
+    /// Remove the old images of these repositories instead of taking a snapshot: every image
+    /// no container (running or stopped) uses and no kept snapshot ran. Without a REPO, the
+    /// repositories of the images the --service containers run. Adds snapshot.prune
+    #[arg(
+        long,
+        value_name = "REPO",
+        num_args = 0..,
+        value_delimiter = ','
+    )]
+    pub prune_images: Option<Vec<String>>,
+
+    /// With --prune-images: say what would be removed, remove nothing
+    #[arg(long, requires = "prune_images")]
+    pub dry_run: bool,
 
     /// How long to wait while another snapshot is being taken into the same backups directory
     #[arg(long, env = "SNAPSHOT_LOCK_WAIT", value_name = "DURATION", default_value = "30s",
@@ -108,12 +125,27 @@ impl Tool for Args {
         &self.common
     }
 
-    fn run(self, _record: &mut Record) -> Result<Done> {
+    fn run(self, record: &mut Record) -> Result<Done> {
         if self.list {
             list(&self)
+        } else if let Some(repos) = &self.prune_images {
+            prune_images(&self, repos, record)
         } else {
             snapshot(&self)
         }
+    }
+}
+
+impl Args {
+    /// The backups directory of `--dir` as given (which need not exist yet).
+    fn backups_of_dir(&self) -> Result<PathBuf> {
+        let dir = std::path::absolute(&self.dir).map_err(|e| {
+            Error::input(
+                "--dir",
+                format!("cannot resolve {}: {e}", self.dir.display()),
+            )
+        })?;
+        backups_dir(&dir, self.backups.as_deref())
     }
 }
 
@@ -389,13 +421,7 @@ struct Listing {
 }
 
 fn list(args: &Args) -> Result<Done> {
-    let dir = std::path::absolute(&args.dir).map_err(|e| {
-        Error::input(
-            "--dir",
-            format!("cannot resolve {}: {e}", args.dir.display()),
-        )
-    })?;
-    let backups = backups_dir(&dir, args.backups.as_deref())?;
+    let backups = args.backups_of_dir()?;
     let entries = store::scan(&backups)?;
     let mut listing = Listing {
         backups: backups.clone(),
@@ -437,6 +463,36 @@ fn list(args: &Args) -> Result<Done> {
     listing.images = images;
     show(&listing, foreign);
     Ok(Done::ok(listing))
+}
+
+/// `--prune-images`: the cleanup's result joins the `snapshot` result the deploy's snapshot
+/// left in the record (restore still finds that snapshot there).
+fn prune_images(args: &Args, repos: &[String], record: &Record) -> Result<Done> {
+    let mut result = match record.get(<Args as Tool>::NAME) {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(map)) => map.clone(),
+        Some(other) => return Err(kit::record::wrong_type("snapshot", "an object", other)),
+    };
+    let backups = args.backups_of_dir()?;
+    let engine = kit::docker::Engine::connect("images")?;
+    let repositories = images::repositories(&engine, repos, &args.services)?;
+    let pruned = images::prune(
+        &engine,
+        &backups,
+        repositories,
+        args.dry_run,
+        args.lock_wait,
+    )?;
+    let failed = !pruned.failed.is_empty();
+    result.insert(
+        "prune".into(),
+        serde_json::to_value(pruned).map_err(|e| Error::step("images", e.to_string()))?,
+    );
+    Ok(if failed {
+        Done::partial(result)
+    } else {
+        Done::ok(result)
+    })
 }
 
 /// The listing as a person reads it, on stderr.

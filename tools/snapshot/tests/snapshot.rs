@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deploy::{image_of, mode_of, run_app, verify_independently, Deploy, SECRET};
-use testkit::{docker, fixtures, shell, tool, unique, Cleanup};
+use testkit::{docker, fixtures, shell, tool, unique, Cleanup, Value};
 
 #[test]
 fn a_snapshot_is_private_whole_and_listed() {
@@ -423,4 +423,154 @@ fn containers_are_recorded_with_their_configuration_and_image() {
     let list = d.snapshot(&["--list"]);
     list.code(0).stderr_has(&format!("{by_name}=dkt/app:v1"));
     assert_eq!(list.record["snapshot"]["images"], testkit::json!(images));
+}
+
+/// An image of its own (a distinct id) tagged `tag`, built from the app fixture.
+fn own_image(cleanup: &mut Cleanup, tag: &str) -> String {
+    let label = format!("LABEL io.deploykit.test.tag={tag}");
+    testkit::build_image(cleanup, tag, &format!("FROM dkt/app:v1\n{label}\n"))
+}
+
+fn image_exists(reference: &str) -> bool {
+    testkit::docker_try(&["image", "inspect", reference]).is_ok()
+}
+
+#[test]
+fn pruning_images_never_removes_what_a_container_or_a_kept_snapshot_needs() {
+    fixtures();
+    let d = Deploy::new();
+    let mut cleanup = Cleanup::new();
+    let net = cleanup.network();
+    let repo = unique("prune");
+    let tag = |t: &str| format!("{repo}/app:{t}");
+    let other = unique("prune-other");
+
+    // a: ran when a snapshot was taken, its container gone since (a rollback target).
+    let a = own_image(&mut cleanup, &tag("a"));
+    let gone = run_app(&mut cleanup, &net, &tag("a"), &[]);
+    d.snapshot(&["--service", &gone, "--keep", "1"]).code(0);
+    docker(&["rm", "-f", &gone]);
+    // b: a running container uses it; c: a stopped one does.
+    let b = own_image(&mut cleanup, &tag("b"));
+    let running = run_app(&mut cleanup, &net, &tag("b"), &[]);
+    let c = own_image(&mut cleanup, &tag("c"));
+    let stopped = cleanup.container(&unique("stopped"));
+    docker(&[
+        "create",
+        "--name",
+        &stopped,
+        "--label",
+        "io.deploykit.test=1",
+        &tag("c"),
+    ]);
+    // d: unused, in no snapshot; e: the same, also tagged in another repository.
+    let d_id = own_image(&mut cleanup, &tag("d"));
+    let e = own_image(&mut cleanup, &tag("e"));
+    docker(&["tag", &tag("e"), &cleanup.image(&format!("{other}/app:e"))]);
+    // Another repository's unused image is not touched.
+    own_image(&mut cleanup, &format!("{other}/app:x"));
+
+    // The deploy's record passes through; the cleanup joins its snapshot result.
+    let taken = d.snapshot(&["--service", &running]);
+    taken.code(0);
+    let snapshot_id = taken.record["snapshot"]["id"].clone();
+    let mut record = taken.record.clone();
+    record["custom"] = testkit::json!({"kept": true});
+
+    let dry = tool("snapshot")
+        .arg("--dir")
+        .arg(&d.dir)
+        .args(["--prune-images", &format!("{repo}/app"), "--dry-run"])
+        .record(&record)
+        .run();
+    dry.code(0).one_record();
+    let ids = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let p = &dry.record["snapshot"]["prune"];
+    assert_eq!(p["dry_run"], true);
+    assert_eq!(ids(&p["removed"]), [d_id.clone(), e.clone()]);
+    for t in ["a", "b", "c", "d", "e"] {
+        assert!(image_exists(&tag(t)), "--dry-run removed {t}");
+    }
+
+    let out = tool("snapshot")
+        .arg("--dir")
+        .arg(&d.dir)
+        .args(["--prune-images", &format!("{repo}/app")])
+        .record(&record)
+        .run();
+    out.code(0)
+        .one_record()
+        .stderr_has(&format!("removed {}", tag("d")));
+    let s = &out.record["snapshot"];
+    assert_eq!(
+        s["id"], snapshot_id,
+        "the deploy's snapshot stays in the record"
+    );
+    assert_eq!(out.record["custom"], testkit::json!({"kept": true}));
+    assert_eq!(
+        s["prune"]["repositories"],
+        testkit::json!([format!("docker.io/{repo}/app")])
+    );
+    assert_eq!(ids(&s["prune"]["removed"]), [d_id, e.clone()]);
+    let kept: Vec<(String, String)> = s["prune"]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().into(),
+                i["why"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(kept.contains(&(a.clone(), "snapshot".into())), "{kept:?}");
+    assert!(kept.contains(&(b, "container".into())), "{kept:?}");
+    assert!(kept.contains(&(c, "container".into())), "{kept:?}");
+    assert!(!image_exists(&tag("d")));
+    assert!(!image_exists(&tag("e")));
+    assert!(
+        image_exists(&format!("{other}/app:e")),
+        "only the repository's tag goes"
+    );
+    assert!(image_exists(&format!("{other}/app:x")));
+    for t in ["a", "b", "c"] {
+        assert!(image_exists(&tag(t)), "{t} was removed");
+    }
+
+    // Once retention drops the snapshot that ran a, a goes too. Without a REPO the
+    // repositories are those the services run now.
+    d.snapshot(&["--service", &running, "--keep", "1"]).code(0);
+    let out = d.snapshot(&["--prune-images", "--service", &running]);
+    out.code(0);
+    assert_eq!(ids(&out.record["snapshot"]["prune"]["removed"]), [a]);
+    assert!(!image_exists(&tag("a")));
+    assert!(image_exists(&tag("b")) && image_exists(&tag("c")));
+}
+
+#[test]
+fn pruning_images_without_the_snapshots_refuses_and_removes_nothing() {
+    fixtures();
+    let d = Deploy::new();
+    let mut cleanup = Cleanup::new();
+    let repo = unique("prune");
+    own_image(&mut cleanup, &format!("{repo}/app:1"));
+    let out = d.snapshot(&[
+        "--backups",
+        d.dir.join("no-such-dir").to_str().unwrap(),
+        "--prune-images",
+        &format!("{repo}/app"),
+    ]);
+    out.code(2).stderr_has("--backups:");
+    assert_eq!(out.failure_from("snapshot")["step"], "input");
+    assert!(image_exists(&format!("{repo}/app:1")));
+
+    let out = d.snapshot(&["--prune-images", &format!("{repo}/app:1")]);
+    out.code(2).stderr_has("--prune-images: ");
+    assert!(image_exists(&format!("{repo}/app:1")));
 }
