@@ -49,7 +49,7 @@ push:
     img-push < {{state}}/build.json > {{state}}/push.json
 
 # Deploy on the server: snapshot → swap backend → healthwait → swap frontend → final health →
-# restore on failure → notify. Pipe a record in (from `push`, or CI) or set SWAP_IMAGE.
+# clean old images → restore on failure → notify. Pipe a record in (from `push`, or CI) or set SWAP_IMAGE.
 # swap, restore and notify read their settings from the environment (SWAP_*, NOTIFY_URLS).
 deploy:
     #!/usr/bin/env bash
@@ -73,8 +73,10 @@ deploy:
         swap --service "${FRONTEND:-frontend}" --image "$FRONTEND_IMAGE" --strategy recreate
     fi
     if [ -n "${APP_URL:-}" ]; then stage 05-final-health healthwait --url "$APP_URL"; fi
-    stage 06-restore restore
-    stage 07-notify notify
+    # Images of the services' repositories that no container uses and no kept snapshot needs.
+    stage 06-clean-images snapshot --prune-images --service "${BACKEND:-backend}" ${FRONTEND:+--service "$FRONTEND"}
+    stage 07-restore restore
+    stage 08-notify notify
     cat "$last"
     echo "deploy: records in $dir" >&2
     ! jq -e .failure "$last" > /dev/null
@@ -89,7 +91,7 @@ snapshots:
 
 # Send the record of the last deploy again (e.g. after fixing a channel)
 renotify:
-    notify < "$(ls -d {{state}}/*/ | tail -1)07-notify.json" > /dev/null
+    notify < "$(ls -d {{state}}/*/ | tail -1)08-notify.json" > /dev/null
 
 # Every benchmark, one table each
 bench: bench-healthwait bench-build bench-swap bench-snapshot bench-notify

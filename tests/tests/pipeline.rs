@@ -31,28 +31,14 @@ fn a_failed_build_flows_through_push_and_swap_to_notify_and_the_pipe_ends_red() 
         failure["error"].as_str().unwrap().contains("RUN"),
         "{failure}"
     );
-    let steps: Vec<(String, String)> = out.record["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["tool"].as_str().unwrap().into(),
-                s["outcome"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    let expected = [
-        ("img-build", "failed"),
-        ("img-push", "skipped"),
-        ("swap", "skipped"),
-        ("notify", "ok"),
-    ];
     assert_eq!(
-        steps,
-        expected
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .to_vec()
+        out.steps(),
+        [
+            "img-build failed",
+            "img-push skipped",
+            "swap skipped",
+            "notify ok"
+        ]
     );
     out.stderr_has("img-push: not run: img-build failed")
         .stderr_has("swap: not run: img-build failed")
@@ -63,4 +49,129 @@ fn a_failed_build_flows_through_push_and_swap_to_notify_and_the_pipe_ends_red() 
         testkit::docker(&["ps", "-aq", "--filter", &format!("name=^/{service}")]),
         ""
     );
+}
+
+/// An image of its own (a distinct id) tagged `tag`: the app fixture plus `extra` lines.
+fn app_image(clean: &mut Cleanup, tag: &str, extra: &str) -> String {
+    let label = format!("LABEL io.deploykit.test.tag={tag}");
+    testkit::build_image(clean, tag, &format!("FROM dkt/app:v1\n{label}\n{extra}\n"))
+}
+
+#[test]
+fn just_deploy_swaps_cleans_old_images_and_rolls_back_a_broken_release() {
+    fixtures();
+    let mut clean = Cleanup::new();
+    let net = clean.network();
+    let repo = unique("deploy");
+    let tag = |t: &str| format!("{repo}/app:{t}");
+    let v1 = app_image(&mut clean, &tag("v1"), "");
+    let v2 = app_image(&mut clean, &tag("v2"), "");
+    let stale = app_image(&mut clean, &tag("stale"), "");
+    let backend = clean.container(&unique("backend"));
+    testkit::run_container(&backend, &net, &[&tag("v1")]);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        "services:\n  backend: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(".env.production"),
+        "SECRET_KEY=s3cr3t-deploy-value\n",
+    )
+    .unwrap();
+    let deploy = |image: &str| {
+        shell(&format!(
+            "cd {dir} && BACKEND={backend} SWAP_IMAGE={image} SWAP_STRATEGY=recreate \
+             SWAP_HEALTH_PATH=/health SWAP_HEALTH_TIMEOUT=3s RESTORE_HEALTH_PATH=/health \
+             DEPLOY_STATE={dir}/state \
+             just --justfile {root}/justfile --working-directory {dir} deploy",
+            dir = dir.path().display(),
+            root = testkit::root().display(),
+        ))
+    };
+    let serving = || testkit::docker(&["inspect", "-f", "{{.Image}}", &backend]);
+
+    // v2: swapped in, healthy, and the stale image is gone; v1 (in the snapshot) stays.
+    let out = deploy(&tag("v2"));
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    out.one_record();
+    assert_eq!(
+        out.steps(),
+        [
+            "snapshot ok",
+            "swap ok",
+            "healthwait ok",
+            "snapshot ok",
+            "restore ok",
+            "notify ok"
+        ]
+    );
+    assert_eq!(serving(), v2);
+    let prune = &out.record["snapshot"]["prune"];
+    assert_eq!(prune["removed"][0]["id"], stale.as_str(), "{prune}");
+    assert_eq!(prune["removed"].as_array().unwrap().len(), 1, "{prune}");
+    assert!(testkit::docker_try(&["image", "inspect", &tag("stale")]).is_err());
+    assert_eq!(
+        testkit::docker(&["image", "inspect", "-f", "{{.Id}}", &tag("v1")]),
+        v1
+    );
+    assert!(!out.stdout.contains("s3cr3t") && !out.stderr.contains("s3cr3t"));
+    // Every stage's record is kept for inspection and re-notifying.
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let mut stages: Vec<String> = std::fs::read_dir(runs[0].path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    stages.sort();
+    assert_eq!(
+        stages,
+        [
+            "00-input.json",
+            "01-snapshot.json",
+            "02-swap-backend.json",
+            "03-health.json",
+            "06-clean-images.json",
+            "07-restore.json",
+            "08-notify.json"
+        ]
+    );
+
+    // broken: swap refuses it, nothing is cleaned, restore acts, the recipe ends red, v2 serves.
+    app_image(&mut clean, &tag("broken"), "ENV NEVER_HEALTHY=1");
+    let out = deploy(&tag("broken"));
+    assert_ne!(out.status, Some(0), "a failed deploy must end red");
+    out.one_record();
+    assert_eq!(
+        out.steps(),
+        [
+            "snapshot ok",
+            "swap failed",
+            "healthwait skipped",
+            "snapshot skipped",
+            "restore failed",
+            "notify ok"
+        ]
+    );
+    assert_eq!(out.failure_from("swap")["step"], "health");
+    assert_eq!(out.record["restore"]["restored"], true);
+    let snapshots = std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .flatten();
+    let snapshots = snapshots
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .count();
+    assert_eq!(
+        snapshots, 2,
+        "one snapshot per deploy, in the deploy directory"
+    );
+    assert_eq!(serving(), v2);
+    assert!(testkit::docker_try(&["image", "inspect", &tag("broken")]).is_ok());
+    out.stderr_has("FAILED");
 }
