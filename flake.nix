@@ -80,6 +80,17 @@
               # The unit tests run once for the workspace (checks.deploykit-test); the
               # integration tests need a Docker Engine, which the Nix sandbox has not.
               doCheck = false;
+              # The man page and shell completions come from the tool itself (`--generate`,
+              # the same clap definition as `--help`); not when cross-compiling.
+              nativeBuildInputs = [ pkgs.installShellFiles ];
+              postInstall = lib.optionalString (pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform) ''
+                $out/bin/${name} --generate man > ${name}.1
+                installManPage ${name}.1
+                installShellCompletion --cmd ${name} \
+                  --bash <($out/bin/${name} --generate bash) \
+                  --zsh <($out/bin/${name} --generate zsh) \
+                  --fish <($out/bin/${name} --generate fish)
+              '';
               meta.mainProgram = name;
             }
           );

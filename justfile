@@ -93,5 +93,17 @@ snapshots:
 renotify:
     notify < "$(ls -d {{state}}/*/ | tail -1)08-notify.json" > /dev/null
 
+# Man pages and bash/zsh/fish completions of every tool, from the tools themselves, into DIR
+share dir="target/share":
+    cargo build --release --locked -q -p img-build -p img-push -p snapshot -p healthwait -p swap -p restore -p notify
+    mkdir -p {{dir}}/man/man1 {{dir}}/bash-completion/completions {{dir}}/zsh/site-functions {{dir}}/fish/vendor_completions.d
+    for t in img-build img-push snapshot healthwait swap restore notify; do \
+      target/release/$t --generate man > {{dir}}/man/man1/$t.1; \
+      target/release/$t --generate bash > {{dir}}/bash-completion/completions/$t; \
+      target/release/$t --generate zsh > {{dir}}/zsh/site-functions/_$t; \
+      target/release/$t --generate fish > {{dir}}/fish/vendor_completions.d/$t.fish; \
+    done
+    echo "man pages and completions in {{dir}} (e.g. MANPATH={{dir}}/man man swap)" >&2
+
 # Every benchmark, one table each
 bench: bench-healthwait bench-build bench-swap bench-snapshot bench-notify

@@ -94,8 +94,12 @@ let
           mapAttrs = mapAttrs;
           attrValues = attrValues;
           optionals = cond: xs: if cond then xs else [ ];
+          optionalString = cond: s: if cond then s else "";
         };
         stdenv = {
+          # Native builds only: the build platform runs what it builds.
+          buildPlatform.canExecute = _: true;
+          hostPlatform = { inherit system; };
           isDarwin = builtins.match ".*-darwin" system != null;
           isLinux = builtins.match ".*-linux" system != null;
         };
@@ -123,6 +127,7 @@ let
         "hey"
         "jq"
         "actionlint"
+        "installShellFiles"
       ] pkg;
     in
     pkgs;
@@ -272,6 +277,7 @@ let
           "cargoNextestExtraArgs"
           "doCheck"
           "strictDeps"
+          "postInstall"
         ];
       in
       genAttrs keep (k: a.${k})

@@ -37,6 +37,21 @@ pub struct Common {
         conflicts_with = "quiet"
     )]
     pub verbose: bool,
+    /// Print this tool's man page (`man`) or its shell completions (`bash`, `zsh`, `fish`,
+    /// `elvish`, `powershell`) on stdout, and exit. Reads no record
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
 }
 
 /// What a tool's run produced: its result (stored under the tool's key) and how it ended.
@@ -82,6 +97,10 @@ pub trait Tool: clap::Parser {
 
 /// The whole life of a tool process: parse flags, read the record, run, write the record once.
 pub fn main<T: Tool>() -> ExitCode {
+    // Before the flags are checked: a man page needs no --service.
+    if let Some(what) = generate_request() {
+        return generate::<T>(what);
+    }
     let args = match T::try_parse() {
         Ok(args) => args,
         Err(err) => return usage_error::<T>(err),
@@ -144,12 +163,17 @@ fn usage_error<T: Tool>(err: clap::Error) -> ExitCode {
     }
     log::init(T::NAME, false, false);
     let rendered = err.render().to_string();
+    // clap's first paragraph, on one line: "the following required arguments were not
+    // provided: --service <NAME>" names the flag only on its second line.
     let line = rendered
         .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("bad usage")
-        .trim_start_matches("error: ")
-        .to_string();
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = line.trim_start_matches("error: ");
+    let line = if line.is_empty() { "bad usage" } else { line };
     let err = Error::input("usage", format!("{line} (see {} --help)", T::NAME));
     log::error(&err.to_string());
     let mut record = Record::from_stdin().unwrap_or_default();
@@ -158,7 +182,56 @@ fn usage_error<T: Tool>(err: clap::Error) -> ExitCode {
     finish(&record, Exit::BadInput)
 }
 
-/// Writes the record: the one place anything reaches stdout. A closed stdout (`| head`) is not
+/// `--generate WHAT` (or `--generate=WHAT`) among the arguments, when WHAT is known; clap
+/// reports a bad or missing WHAT.
+fn generate_request() -> Option<Generate> {
+    use clap::ValueEnum;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.as_str() {
+            "--generate" => args.get(i + 1).map(String::as_str),
+            _ => a.strip_prefix("--generate="),
+        })?;
+    Generate::from_str(value, false).ok()
+}
+
+/// `--generate`: the man page or completions, from the same clap definition as `--help`.
+fn generate<T: Tool>(what: Generate) -> ExitCode {
+    use clap_complete::Shell;
+    let mut cmd = T::command();
+    let mut out = Vec::new();
+    let shell = match what {
+        Generate::Man => None,
+        Generate::Bash => Some(Shell::Bash),
+        Generate::Zsh => Some(Shell::Zsh),
+        Generate::Fish => Some(Shell::Fish),
+        Generate::Elvish => Some(Shell::Elvish),
+        Generate::Powershell => Some(Shell::PowerShell),
+    };
+    match shell {
+        Some(shell) => clap_complete::generate(shell, &mut cmd, T::NAME, &mut out),
+        None => {
+            if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+                log::init(T::NAME, false, false);
+                log::error(&format!("cannot render the man page: {e}"));
+                return Exit::Failure.into();
+            }
+        }
+    }
+    match std::io::stdout().lock().write_all(&out) {
+        Ok(()) => Exit::Success.into(),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success.into(),
+        Err(e) => {
+            log::init(T::NAME, false, false);
+            log::error(&format!("cannot write to stdout: {e}"));
+            Exit::Failure.into()
+        }
+    }
+}
+
+/// Writes the record: the one place a record reaches stdout. A closed stdout (`| head`) is not
 /// an error.
 fn finish(record: &Record, exit: Exit) -> ExitCode {
     let line = log::redact(&record.to_line());
