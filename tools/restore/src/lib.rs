@@ -273,7 +273,7 @@ impl Args {
         for f in &manifest.files {
             if snapshot::take::is_env_file(&f.path) {
                 let text = std::fs::read_to_string(path.join(FILES).join(&f.path));
-                snapshot::take::register_env_values(&text.unwrap_or_default());
+                kit::envfile::hide_secrets(&text.unwrap_or_default());
             }
         }
         out.snapshot = Some(SnapshotRef {

@@ -133,59 +133,6 @@ pub fn is_env_file(rel: &str) -> bool {
     base.starts_with(".env") || base.ends_with(".env")
 }
 
-/// Registers the values of an env file that can be secrets, so none reaches stderr or the
-/// record. Everything else in the file stays out of both anyway (the record holds only paths,
-/// ids and counts); what is left out here is what hiding would break without protecting
-/// anything: numbers (`PORT=8000`: the redacted record would no longer be JSON), absolute
-/// paths (`APP_ROOT=/srv/app`: `snapshot.path` would lose its head), and short plain words
-/// (`RAILS_ENV=production`, `DEBUG=true`), unless the key names a secret (`…PASSWORD`,
-/// `…TOKEN`, `…SECRET`, `…KEY`, …).
-pub fn register_env_values(text: &str) {
-    for line in text.lines() {
-        let line = line.trim();
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        if line.starts_with('#') {
-            continue;
-        }
-        if let Some((key, value)) = line.split_once('=') {
-            let value = value.trim();
-            let unquoted = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(value);
-            if may_be_secret(key.trim(), unquoted) {
-                kit::log::secret(unquoted);
-                kit::log::secret(value);
-            }
-        }
-    }
-}
-
-/// Whether an env value should be hidden (see [`register_env_values`]).
-pub fn may_be_secret(key: &str, value: &str) -> bool {
-    const SECRET_KEYS: [&str; 9] = [
-        "PASS",
-        "SECRET",
-        "TOKEN",
-        "KEY",
-        "AUTH",
-        "CREDENTIAL",
-        "PRIVATE",
-        "DSN",
-        "SALT",
-    ];
-    if value.len() < 4 || value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return false;
-    }
-    let key = key.to_ascii_uppercase();
-    if SECRET_KEYS.iter().any(|k| key.contains(k)) {
-        return true;
-    }
-    let plain_word = value.chars().all(|c| c.is_ascii_alphabetic());
-    value.len() >= 8 && !value.starts_with('/') && !(plain_word && value.len() < 16)
-}
-
 /// Copies one file into `root/files/<rel>` (0600, parents 0700), hashing it on the way, and
 /// fsyncs the copy. Returns its manifest entry (the source's mode and owner).
 pub fn copy_file(root: &Path, source: &Source) -> Result<FileEntry> {
@@ -216,7 +163,7 @@ pub fn copy_file(root: &Path, source: &Source) -> Result<FileEntry> {
     };
     if is_env_file(&source.rel) {
         let text = std::fs::read_to_string(&source.abs).unwrap_or_default();
-        register_env_values(&text);
+        kit::envfile::hide_secrets(&text);
     }
     std::io::copy(&mut input, &mut writer).map_err(fail)?;
     writer.inner.sync_all().map_err(fail)?;
@@ -350,38 +297,4 @@ pub fn container_entry(
         image,
         inspect,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn which_env_values_are_hidden() {
-        for (key, value) in [
-            ("DATABASE_URL", "postgres://app:hunter2@db/app"),
-            ("DB_PASSWORD", "production"),
-            ("API_TOKEN", "abcd"),
-            ("SESSION", "kq8Zr2mX"),
-            ("STRIPE", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
-            ("RANDOM", "AbCdEfGhIjKlMnOpQr"),
-        ] {
-            assert!(may_be_secret(key, value), "{key}={value} must be hidden");
-        }
-        for (key, value) in [
-            ("PORT", "8000"),
-            ("WORKERS", "12345678"),
-            ("API_KEY", "1234"),
-            ("RAILS_ENV", "production"),
-            ("DEBUG", "true"),
-            ("APP_ROOT", "/srv/app"),
-            ("VERSION", "1.2.3"),
-            ("X", "abc"),
-        ] {
-            assert!(
-                !may_be_secret(key, value),
-                "{key}={value} need not be hidden"
-            );
-        }
-    }
 }

@@ -137,7 +137,7 @@ pub struct Args {
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
-    /// File of KEY=VALUE lines (like .env.production); values are treated as secrets
+    /// File of KEY=VALUE lines (like .env.production); values that may be secrets are never printed
     #[arg(long, env = "SWAP_ENV_FILE", value_name = "PATH")]
     pub env_file: Vec<PathBuf>,
 
@@ -306,7 +306,11 @@ impl Args {
             req.spec.env.extend(read_env_file(file)?);
         }
         for e in &self.env {
-            req.spec.env.push(key_value("--env", e)?);
+            let (key, value) = key_value("--env", e)?;
+            if kit::envfile::may_be_secret(&key, &value) {
+                kit::log::secret(&value);
+            }
+            req.spec.env.push((key, value));
         }
         for l in &self.label {
             req.spec.labels.push(key_value("--label", l)?);
@@ -333,37 +337,20 @@ fn key_value(flag: &str, text: &str) -> Result<(String, String)> {
     }
 }
 
-/// KEY=VALUE lines; `#` comments and blank lines skipped, `export ` and matching quotes
-/// removed. Every value is registered as a secret at once.
+/// KEY=VALUE lines ([`kit::envfile`]); the values that may be secrets are hidden at once.
 fn read_env_file(path: &PathBuf) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::input("--env-file", format!("cannot read {}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(Error::input(
+    kit::envfile::hide_secrets(&text);
+    kit::envfile::entries(&text)
+        .map(|(n, pair)| match pair {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => Err(Error::input(
                 "--env-file",
-                format!("{}:{}: not KEY=VALUE", path.display(), n + 1),
-            ));
-        };
-        let v = v.trim();
-        let v = if v.len() >= 2
-            && ((v.starts_with('"') && v.ends_with('"'))
-                || (v.starts_with('\'') && v.ends_with('\'')))
-        {
-            &v[1..v.len() - 1]
-        } else {
-            v
-        };
-        kit::log::secret(v);
-        out.push((k.trim().to_string(), v.to_string()));
-    }
-    Ok(out)
+                format!("{}:{n}: not KEY=VALUE", path.display()),
+            )),
+        })
+        .collect()
 }
 
 fn absolute(path: &PathBuf) -> Result<PathBuf> {
