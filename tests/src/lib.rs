@@ -456,6 +456,19 @@ impl Cleanup {
         self.dirs.push(dir.into());
     }
 
+    /// A registry with basic auth (`user:password`) and a DOCKER_CONFIG directory logged in
+    /// to it by `docker login`, removed on drop. Returns `(127.0.0.1:PORT, config dir)`.
+    pub fn logged_in_registry(&mut self, user: &str, password: &str) -> (String, String) {
+        let registry = self.registry(Some(&format!("{user}:{password}")));
+        let config = std::env::temp_dir().join(unique("docker-config"));
+        self.dir(&config);
+        let config = config.display().to_string();
+        docker(&[
+            "--config", &config, "login", "-u", user, "-p", password, &registry,
+        ]);
+        (registry, config)
+    }
+
     /// Starts a real registry (scripts/registry) on a free loopback port; stopped on drop.
     /// `auth` is `user:password` for basic auth. Returns `127.0.0.1:PORT`.
     pub fn registry(&mut self, auth: Option<&str>) -> String {

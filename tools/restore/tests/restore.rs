@@ -401,13 +401,7 @@ fn an_image_that_is_gone_and_was_never_pushed_fails_before_anything_changes() {
 fn an_image_that_is_gone_is_pulled_back_by_its_digest_with_the_docker_config_login() {
     const PASSWORD: &str = "registry-Sentinel-pw-9d2";
     let (d, mut cleanup, net, _) = site();
-    let registry = cleanup.registry(Some(&format!("dkt:{PASSWORD}")));
-    let config = std::env::temp_dir().join(unique("docker-config"));
-    cleanup.dir(&config);
-    let config = config.display().to_string();
-    docker(&[
-        "--config", &config, "login", "-u", "dkt", "-p", PASSWORD, &registry,
-    ]);
+    let (registry, config) = cleanup.logged_in_registry("dkt", PASSWORD);
     let reference = format!("{registry}/{}:v1", unique("pushed"));
     unique_image(&mut cleanup, &net, &reference);
     docker(&["--config", &config, "push", &reference]);

@@ -443,7 +443,14 @@ impl Swap<'_> {
         let opts = CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
-        let mut stream = self.engine.docker.create_image(Some(opts), None, None);
+        // The user's docker credentials for the image's registry, as `docker pull` would use.
+        let credentials = kit::image::Reference::parse(image)
+            .ok()
+            .and_then(|r| kit::registry::from_docker_config(&r));
+        let mut stream = self
+            .engine
+            .docker
+            .create_image(Some(opts), None, credentials);
         let pulled: Result<()> = self.engine.block(async {
             while let Some(item) = stream.next().await {
                 item.map_err(|e| Error::docker("preflight", format!("pull {image}"), e))?;

@@ -719,3 +719,36 @@ fn bad_input_changes_nothing() {
         .run();
     out.code(3);
 }
+
+#[test]
+fn pull_logs_in_with_the_docker_config_and_without_it_leaves_the_old_one_serving() {
+    const PASSWORD: &str = "swap-pull-Sentinel-pw-31";
+    let site = Site::new();
+    let mut cleanup = Cleanup::new();
+    let (registry, config) = cleanup.logged_in_registry("dkt", PASSWORD);
+    let reference = format!("{registry}/{}:v2", unique("pulled"));
+    docker(&["tag", "dkt/app:v2", &cleanup.image(&reference)]);
+    docker(&["--config", &config, "push", &reference]);
+    docker(&["rmi", &reference]);
+
+    // Not logged in: the registry refuses the pull, before anything was created.
+    let no_login = std::env::temp_dir().join(unique("no-config"));
+    let out = site
+        .swap(&reference)
+        .arg("--pull")
+        .env("DOCKER_CONFIG", &no_login)
+        .run();
+    out.code(1).stderr_has(&format!("pulling {reference}"));
+    assert_eq!(out.failure_from("swap")["step"], "preflight");
+    assert_eq!(site.version(), "v1");
+    site.assert_only_live();
+
+    let out = site
+        .swap(&reference)
+        .arg("--pull")
+        .env("DOCKER_CONFIG", &config)
+        .run();
+    out.code(0);
+    assert!(!out.stdout.contains(PASSWORD) && !out.stderr.contains(PASSWORD));
+    assert_eq!(site.version(), "v2");
+}
