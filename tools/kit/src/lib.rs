@@ -11,6 +11,7 @@ pub mod error;
 pub mod github;
 pub mod health;
 pub mod image;
+pub mod lock;
 pub mod log;
 pub mod record;
 pub mod registry;

@@ -11,16 +11,15 @@
 //! went back (see [`Name::after`]).
 
 use std::cmp::Ordering;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use kit::{Error, Result};
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{hex, Manifest, FILES, MANIFEST};
@@ -271,30 +270,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// A held flock, released on drop (or when the process dies, however it dies).
-pub struct Held {
-    _lock: Flock<File>,
-}
-
-/// Takes `path`'s flock, polling until `wait` is spent. `None` when it is still held.
-fn flock(path: &Path, arg: FlockArg, wait: Duration) -> std::io::Result<Option<Held>> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        match Flock::lock(file, arg) {
-            Ok(lock) => return Ok(Some(Held { _lock: lock })),
-            Err((_, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
-            Err((_, errno)) => return Err(errno.into()),
-        }
-    }
-}
+pub type Held = Flock<File>;
 
 /// Holds a snapshot for reading (restore): prune skips it until this is dropped. Fails when
 /// the snapshot is gone (pruned meanwhile) or is being pruned for longer than `wait`.
@@ -308,13 +284,9 @@ pub fn hold(snapshot: &Path, wait: Duration) -> Result<Held> {
     if !snapshot.join(MANIFEST).is_file() {
         return Err(gone("it does not exist (or has no manifest)".into()));
     }
-    let held = flock(
-        &snapshot.join(SNAPSHOT_LOCK),
-        FlockArg::LockSharedNonblock,
-        wait,
-    )
-    .map_err(|e| gone(format!("cannot lock it ({e})")))?
-    .ok_or_else(|| gone("it is being pruned".into()))?;
+    let held = kit::lock::take_within(&snapshot.join(SNAPSHOT_LOCK), false, wait)
+        .map_err(|e| gone(format!("cannot lock it ({e})")))?
+        .ok_or_else(|| gone("it is being pruned".into()))?;
     // Prune renames a snapshot away while holding its lock: check it is still in place.
     if !snapshot.join(MANIFEST).is_file() {
         return Err(gone("it was pruned just now".into()));
@@ -324,22 +296,18 @@ pub fn hold(snapshot: &Path, wait: Duration) -> Result<Held> {
 
 /// Serializes snapshot runs on one backups directory (cleaning temporaries, naming, pruning).
 pub fn lock_store(backups: &Path, wait: Duration) -> Result<Held> {
-    flock(
-        &backups.join(STORE_LOCK),
-        FlockArg::LockExclusiveNonblock,
-        wait,
-    )
-    .map_err(|e| Error::io("lock", format!("cannot lock {}", backups.display()), e))?
-    .ok_or_else(|| {
-        Error::step(
-            "lock",
-            format!(
-                "another snapshot is being taken in {} (waited {})",
-                backups.display(),
-                kit::human(wait)
-            ),
-        )
-    })
+    kit::lock::take_within(&backups.join(STORE_LOCK), true, wait)
+        .map_err(|e| Error::io("lock", format!("cannot lock {}", backups.display()), e))?
+        .ok_or_else(|| {
+            Error::step(
+                "lock",
+                format!(
+                    "another snapshot is being taken in {} (waited {})",
+                    backups.display(),
+                    kit::human(wait)
+                ),
+            )
+        })
 }
 
 /// Creates the backups directory (0700) when missing.
@@ -423,11 +391,8 @@ pub fn prune(entries: &[Entry], keep: usize) -> Pruned {
 /// Removes one snapshot unless a restore holds it: takes its lock, renames it out of the list
 /// (atomic: it is listed whole or not at all), then deletes it.
 fn remove(entry: &Entry) -> std::io::Result<bool> {
-    let Some(_held) = flock(
-        &entry.path.join(SNAPSHOT_LOCK),
-        FlockArg::LockExclusiveNonblock,
-        Duration::ZERO,
-    )?
+    let Some(_held) =
+        kit::lock::take_within(&entry.path.join(SNAPSHOT_LOCK), true, Duration::ZERO)?
     else {
         return Ok(false);
     };

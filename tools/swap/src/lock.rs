@@ -5,14 +5,14 @@
 //! the file and empties it when it releases the lock cleanly; a lock taken over a non-empty
 //! file therefore means the last holder died mid-swap, which is said on stderr and recorded.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use kit::lock::Busy;
 use kit::{Error, Result};
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 /// `$XDG_RUNTIME_DIR/deploykit`, else `/tmp/deploykit-locks`.
@@ -69,75 +69,54 @@ impl Lock {
             )
         })?;
         let path = dir.join(format!("{}.lock", sanitize(service)));
-        let deadline = Instant::now() + wait;
+        let mut holder = String::new();
         let mut said_waiting = false;
-        loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| {
-                    Error::io(
-                        "lock",
-                        format!("cannot open the lock file {}", path.display()),
-                        e,
-                    )
-                })?;
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(mut held) => {
-                    let took_over = read_holder(&mut held);
-                    write_holder(&mut held, service, image)
-                        .map_err(|e| Error::io("lock", format!("write {}", path.display()), e))?;
-                    if let Some(h) = &took_over {
-                        kit::log::warn(&format!(
-                            "took over the deploy lock of {h}: that swap ended without releasing \
-                             it (killed?); what it left half-made is cleaned up now"
-                        ));
-                    }
-                    return Ok(Lock {
-                        file: Some(held),
-                        path,
-                        took_over,
-                    });
-                }
-                Err((mut file, Errno::EWOULDBLOCK)) => {
-                    let holder = read_holder(&mut file)
-                        .map(|h| h.to_string())
-                        .unwrap_or_else(|| "another swap (holder not written yet)".into());
-                    if Instant::now() >= deadline || stop() {
-                        let hint = if wait.is_zero() {
-                            "; wait for it with --lock-wait 5m"
-                        } else {
-                            ""
-                        };
-                        return Err(Error::step(
-                            "lock",
-                            format!(
-                                "{service} is being deployed by {holder}; lock file {}{hint}",
-                                path.display()
-                            ),
-                        ));
-                    }
-                    if !said_waiting {
-                        kit::log::info(&format!(
-                            "waiting up to {} for the deploy lock held by {holder}",
-                            kit::human(wait)
-                        ));
-                        said_waiting = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err((_, errno)) => {
-                    return Err(Error::io(
-                        "lock",
-                        format!("cannot lock {}", path.display()),
-                        std::io::Error::from(errno),
-                    ))
-                }
+        let busy = |file: &mut File, spent: bool| {
+            holder = read_holder(file)
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "another swap (holder not written yet)".into());
+            if spent || stop() {
+                return Busy::GiveUp;
             }
+            if !said_waiting {
+                kit::log::info(&format!(
+                    "waiting up to {} for the deploy lock held by {holder}",
+                    kit::human(wait)
+                ));
+                said_waiting = true;
+            }
+            Busy::Wait
+        };
+        let held = kit::lock::take(&path, true, wait, Duration::from_millis(100), busy)
+            .map_err(|e| Error::io("lock", format!("cannot lock {}", path.display()), e))?;
+        let Some(mut held) = held else {
+            let hint = if wait.is_zero() {
+                "; wait for it with --lock-wait 5m"
+            } else {
+                ""
+            };
+            return Err(Error::step(
+                "lock",
+                format!(
+                    "{service} is being deployed by {holder}; lock file {}{hint}",
+                    path.display()
+                ),
+            ));
+        };
+        let took_over = read_holder(&mut held);
+        write_holder(&mut held, service, image)
+            .map_err(|e| Error::io("lock", format!("write {}", path.display()), e))?;
+        if let Some(h) = &took_over {
+            kit::log::warn(&format!(
+                "took over the deploy lock of {h}: that swap ended without releasing it \
+                 (killed?); what it left half-made is cleaned up now"
+            ));
         }
+        Ok(Lock {
+            file: Some(held),
+            path,
+            took_over,
+        })
     }
 }
 
