@@ -95,6 +95,16 @@ pub trait Tool: clap::Parser {
     /// Does the job. Reads what it needs from `record`; may store a partial result under its own
     /// key before returning an error. The returned result is stored under [`Tool::NAME`].
     fn run(self, record: &mut Record) -> Result<Done>;
+
+    /// Stdin held something that is not a deploy record (the tool before broke off mid-write).
+    /// Every tool stops there with exit 2; this is its chance to act anyway (notify tells
+    /// people the outcome is unknown). Returns the result to store under [`Tool::NAME`].
+    fn on_unreadable(self, _record: &mut Record, _err: &Error) -> Option<Value>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// The whole life of a tool process: parse flags, read the record, run, write the record once.
@@ -120,6 +130,9 @@ pub fn main<T: Tool>() -> ExitCode {
             // Not a record at all: say so on stdout too, in a fresh record.
             log::error(&err.to_string());
             let mut record = Record::fresh();
+            if let Some(result) = args.on_unreadable(&mut record, &err) {
+                record.set(T::NAME, result);
+            }
             record.set_failure(T::NAME, &err);
             record.add_step(T::NAME, err.exit(), &started_at, 0);
             return finish(&record, err.exit());

@@ -176,6 +176,34 @@ impl Tool for Args {
     }
 
     fn run(self, record: &mut Record) -> Result<Done> {
+        let problem = (!record_arrived(record)).then(|| NO_RECORD.to_string());
+        self.tell(record, problem)
+    }
+
+    /// A record that does not parse: the deploy's outcome is unknown, and people are told so.
+    fn on_unreadable(self, record: &mut Record, err: &Error) -> Option<serde_json::Value> {
+        let problem = format!(
+            "the deploy record on stdin was unreadable: {err}. Did the tool before notify break \
+             off mid-write? See the run's log"
+        );
+        match self.tell(record, Some(problem)) {
+            Ok(done) => Some(done.result),
+            Err(e) => {
+                kit::log::error(&e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Why the outcome is unknown when a pipe delivered no record at all.
+pub const NO_RECORD: &str = "no deploy record arrived on stdin: the tool before notify wrote \
+                             nothing (did it crash or get killed?); see the run's log";
+
+impl Args {
+    /// Sends the message about `record` to every channel; `stdin_problem` says why the
+    /// deploy's outcome is unknown.
+    fn tell(self, record: &mut Record, stdin_problem: Option<String>) -> Result<Done> {
         // Everything that can be wrong with the input is found before anything is sent.
         if self.timeout.is_zero() {
             return Err(Error::input("--timeout", "must be more than 0"));
@@ -204,7 +232,7 @@ impl Tool for Args {
             service: self.service,
             url: self.app_url,
         };
-        let mut summary = Summary::read(record, record_arrived(record), context, overrides);
+        let mut summary = Summary::read(record, stdin_problem, context, overrides);
         let mut doc = summary.doc();
         if let Some(t) = &template {
             let text = t.render(&summary.values(&doc.plain()));
@@ -247,9 +275,7 @@ impl Tool for Args {
             Done::partial(outcome)
         })
     }
-}
 
-impl Args {
     fn channels(&self) -> Result<Vec<Channel>> {
         let mut channels = Vec::new();
         for url in self.to.iter().flat_map(|v| channel::split_list(v)) {

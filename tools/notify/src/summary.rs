@@ -97,21 +97,26 @@ fn field(v: &Value, key: &str) -> Option<String> {
 }
 
 impl Summary {
-    /// Reads the record. `arrived` is false when a pipe delivered no record at all (the tool
-    /// before notify died without writing one): the outcome is then unknown, not a success.
-    pub fn read(record: &Record, arrived: bool, context: Context, overrides: Overrides) -> Summary {
+    /// Reads the record. `stdin_problem` says why no usable record arrived (the tool before
+    /// notify died without writing one, or broke off mid-record): the outcome is then unknown,
+    /// not a success.
+    pub fn read(
+        record: &Record,
+        stdin_problem: Option<String>,
+        context: Context,
+        overrides: Overrides,
+    ) -> Summary {
+        let unknown = stdin_problem.is_some();
         let mut failure = record.failure().map(|f| FailureInfo {
             tool: f.tool,
             step: f.step,
             error: f.error,
         });
-        if !arrived && failure.is_none() {
+        if let (Some(problem), None) = (stdin_problem, &failure) {
             failure = Some(FailureInfo {
                 tool: String::new(),
                 step: "stdin".into(),
-                error: "no deploy record arrived on stdin: the tool before notify wrote nothing \
-                        (did it crash or get killed?); see the run's log"
-                    .into(),
+                error: problem,
             });
         }
         let steps: Vec<StepTime> = array(record, "steps")
@@ -152,7 +157,7 @@ impl Summary {
         let total_ms = steps.iter().map(|s| s.ms).sum();
         let mut summary = Summary {
             outcome: match &failure {
-                _ if !arrived => "unknown",
+                _ if unknown => "unknown",
                 Some(_) => "failed",
                 None => "ok",
             },
@@ -469,7 +474,7 @@ mod tests {
 
     fn summary(v: Value) -> Summary {
         let record = Record::parse(&v.to_string()).unwrap();
-        Summary::read(&record, true, Context::default(), Overrides::default())
+        Summary::read(&record, None, Context::default(), Overrides::default())
     }
 
     #[test]
@@ -554,7 +559,12 @@ mod tests {
             .plain()
             .starts_with("↩️ web rolled back\nRolled back to snapshot s1"));
         let record = Record::parse("").unwrap();
-        let s = Summary::read(&record, false, Context::default(), Overrides::default());
+        let s = Summary::read(
+            &record,
+            Some(crate::NO_RECORD.into()),
+            Context::default(),
+            Overrides::default(),
+        );
         assert_eq!(s.outcome, "unknown");
         let text = s.doc().plain();
         assert!(

@@ -134,22 +134,40 @@ fn in_a_failing_pipe_it_reports_the_failure_and_the_pipe_stays_red() {
     assert_eq!(out.record["notify"]["channels"][0]["ok"], true);
 }
 
-#[test]
-fn when_the_tool_before_it_dies_without_a_record_the_outcome_is_unknown_not_success() {
+/// `upstream | notify --to <json hook>`: what the hook received and what the pipe printed.
+fn notify_after(upstream: &str) -> (Value, testkit::Out) {
     let hook = StubServer::start(|_| Some((200, "text/plain", "ok".into())));
     let out = shell(&format!(
-        "(exit 101) | notify --to json://{}/hook --repository acme/shop --branch main",
+        "{upstream} | notify --to json://{}/hook --repository acme/shop --branch main",
         hook.addr
     ));
-    out.code(101);
-    let sent: Value = serde_json::from_str(&hook.requests()[0].body).unwrap();
+    let sent = serde_json::from_str(&hook.requests()[0].body).unwrap();
+    (sent, out)
+}
+
+/// The message says the outcome is unknown, and why.
+fn assert_unknown(sent: &Value, out: &testkit::Out, why: &str) {
     assert_eq!(sent["outcome"], "unknown");
     assert_eq!(sent["title"], "⚠️ Deploy outcome unknown — acme/shop@main");
-    assert!(sent["text"]
-        .as_str()
-        .unwrap()
-        .contains("no deploy record arrived on stdin"));
+    assert!(sent["text"].as_str().unwrap().contains(why), "{sent}");
     assert_eq!(out.record["notify"]["deploy"], "unknown");
+}
+
+#[test]
+fn when_the_tool_before_it_dies_without_a_record_the_outcome_is_unknown_not_success() {
+    let (sent, out) = notify_after("(exit 101)");
+    out.code(101);
+    assert_unknown(&sent, &out, "no deploy record arrived on stdin");
+}
+
+#[test]
+fn a_record_cut_off_mid_write_is_told_as_unknown_and_still_exits_2() {
+    // What a tool killed while writing leaves in the pipe: half a record.
+    let (sent, out) = notify_after(r#"printf '{"version":1,"steps":[{"tool":"swap",'"#);
+    out.code(2).one_record();
+    out.stderr_has("notify: error: stdin: not a JSON deploy record");
+    assert_unknown(&sent, &out, "the deploy record on stdin was unreadable");
+    assert_eq!(out.failure_from("notify")["step"], "input");
 }
 
 #[test]
