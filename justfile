@@ -28,7 +28,7 @@ bench-swap:
 bench-build:
     scripts/bench-build
 
-# snapshot and restore: snapshot and file-restore time vs cp + docker inspect, one container swapped back vs rm + run
+# snapshot and restore: snapshot and file-restore time vs cp + docker inspect, one container swapped back vs rm + run, old-image cleanup vs docker image prune
 bench-snapshot:
     scripts/bench-snapshot
 
