@@ -51,13 +51,16 @@ fn failed(snapshot: &testkit::Out) -> Value {
 fn unique_image(cleanup: &mut Cleanup, net: &str, reference: &str) {
     let base = run_app(cleanup, net, "dkt/app:v1", &[]);
     cleanup.image(reference);
-    docker(&[
+    let id = docker(&[
         "commit",
         "-c",
         &format!("LABEL dkt.unique={}", unique("img")),
         &base,
         reference,
     ]);
+    // By id too: a test that removes the tag and pulls the image back by digest leaves it
+    // without the tag.
+    cleanup.image(&id);
     docker(&["rm", "-f", &base]);
 }
 
