@@ -31,11 +31,7 @@ fn unquote(value: &str) -> &str {
 }
 
 /// Registers the values of an env file that can be secrets ([`crate::log::secret`]), so none
-/// reaches stderr or the record. What is left out is what hiding would break without
-/// protecting anything: numbers (`PORT=8000`: a redacted record would no longer be JSON),
-/// absolute paths (`APP_ROOT=/srv/app`: a recorded path would lose its head) and short plain
-/// words (`RAILS_ENV=production`, `DEBUG=true`), unless the key names a secret (`…PASSWORD`,
-/// `…TOKEN`, `…SECRET`, `…KEY`, …).
+/// reaches stderr or the record (see [`may_be_secret`]).
 pub fn hide_secrets(text: &str) {
     for (_, pair) in entries(text) {
         if let Some((key, value)) = pair {
@@ -46,29 +42,59 @@ pub fn hide_secrets(text: &str) {
     }
 }
 
-/// Whether an env value should be hidden (see [`hide_secrets`]).
+/// Whether an env value should be hidden. Always, when a word of its key names a secret
+/// (`DB_PASSWORD`, `API_TOKEN`, `SECRET_KEY_BASE`, `SENTRY_DSN`; words split at `_`, `-`, `.`),
+/// unless it is a path, a word like `true` or a number under 6 digits: those are settings, and
+/// hiding them would garble every log line they appear in. Otherwise only values that look like keys:
+/// 8 characters or more, not a path, not a number, not a short plain word (`production`).
+/// Values under 4 characters are never hidden.
 pub fn may_be_secret(key: &str, value: &str) -> bool {
-    const SECRET_KEYS: [&str; 10] = [
+    const WORDS: [&str; 20] = [
         "PASS",
+        "PASSWORD",
+        "PASSWD",
+        "PASSPHRASE",
         "PW",
         "SECRET",
+        "SECRETS",
         "TOKEN",
+        "TOKENS",
         "KEY",
+        "KEYS",
+        "APIKEY",
         "AUTH",
         "CREDENTIAL",
+        "CREDENTIALS",
+        "CREDS",
         "PRIVATE",
         "DSN",
         "SALT",
+        "COOKIE",
     ];
-    if value.len() < 4 || value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    const ENDINGS: [&str; 4] = ["PASSWORD", "TOKEN", "SECRET", "APIKEY"];
+    const SETTINGS: [&str; 8] = ["true", "false", "yes", "no", "on", "off", "null", "none"];
+    let value = value.trim();
+    if value.len() < 4
+        || value.starts_with('/')
+        || SETTINGS.iter().any(|w| value.eq_ignore_ascii_case(w))
+    {
         return false;
     }
+    let number = value.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     let key = key.to_ascii_uppercase();
-    if SECRET_KEYS.iter().any(|k| key.contains(k)) {
-        return true;
+    let names_a_secret = key
+        .split(['_', '-', '.'])
+        .any(|w| WORDS.contains(&w) || ENDINGS.iter().any(|e| w.ends_with(e)));
+    if names_a_secret {
+        // A short number is a setting (`REDIS_KEY_TTL=3600`), and hiding it would garble
+        // every number that contains it.
+        return !number || value.len() >= 6;
+    }
+    if number {
+        return false;
     }
     let plain_word = value.chars().all(|c| c.is_ascii_alphabetic());
-    value.len() >= 8 && !value.starts_with('/') && !(plain_word && value.len() < 16)
+    value.len() >= 8 && !(plain_word && value.len() < 16)
 }
 
 #[cfg(test)]
@@ -98,6 +124,9 @@ mod tests {
             ("DATABASE_URL", "postgres://app:hunter2@db/app"),
             ("DB_PASSWORD", "production"),
             ("SMTP_PW", "hunter"),
+            ("DB_PASSWORD", "84736251"),
+            ("DBPASSWORD", "hunter22"),
+            ("SECRET_KEY_BASE", "abcdef"),
             ("API_TOKEN", "abcd"),
             ("SESSION", "kq8Zr2mX"),
             ("STRIPE", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
@@ -114,6 +143,12 @@ mod tests {
             ("APP_ROOT", "/srv/app"),
             ("VERSION", "1.2.3"),
             ("X", "abc"),
+            ("AUTH_ENABLED", "true"),
+            ("REDIS_KEY_TTL", "3600"),
+            ("PASSENGER_APP_ROOT", "/srv/app"),
+            ("PASSENGER_MAX_POOL", "12"),
+            ("PWD", "/home/app"),
+            ("SSL_KEY", "/etc/ssl/private/app.key"),
         ] {
             assert!(
                 !may_be_secret(key, value),

@@ -201,14 +201,15 @@ fn usage_error<T: Tool>(err: clap::Error) -> ExitCode {
 /// reports a bad or missing WHAT.
 fn generate_request() -> Option<Generate> {
     use clap::ValueEnum;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = args
-        .iter()
-        .enumerate()
-        .find_map(|(i, a)| match a.as_str() {
-            "--generate" => args.get(i + 1).map(String::as_str),
+    // args_os: an argument that is not UTF-8 (a file name) must not panic here.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let value = args.iter().enumerate().find_map(|(i, a)| {
+        let a = a.to_str()?;
+        match a {
+            "--generate" => args.get(i + 1)?.to_str(),
             _ => a.strip_prefix("--generate="),
-        })?;
+        }
+    })?;
     Generate::from_str(value, false).ok()
 }
 
@@ -249,7 +250,7 @@ fn generate<T: Tool>(what: Generate) -> ExitCode {
 /// Writes the record: the one place a record reaches stdout. A closed stdout (`| head`) is not
 /// an error.
 fn finish(record: &Record, exit: Exit) -> ExitCode {
-    let line = log::redact(&record.to_line());
+    let line = record.to_redacted_line();
     if github::is_actions() {
         github::output("record", &line);
         github::output(

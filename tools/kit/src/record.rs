@@ -220,6 +220,31 @@ impl Record {
         serde_json::to_string(&self.map).unwrap_or_else(|_| "{}".into())
     }
 
+    /// [`Record::to_line`] with every registered secret hidden ([`crate::log::redact`]) inside
+    /// the strings of the record, keys included: numbers and booleans are never touched (the
+    /// line stays JSON whatever the secrets are), and a secret is found however JSON would
+    /// escape it.
+    pub fn to_redacted_line(&self) -> String {
+        fn walk(v: &Value) -> Value {
+            match v {
+                Value::String(s) => Value::String(crate::log::redact(s)),
+                Value::Array(items) => Value::Array(items.iter().map(walk).collect()),
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .map(|(k, v)| (crate::log::redact(k), walk(v)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
+        let map: Map<String, Value> = self
+            .map
+            .iter()
+            .map(|(k, v)| (crate::log::redact(k), walk(v)))
+            .collect();
+        serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+    }
+
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.map
     }
@@ -247,6 +272,28 @@ fn kind(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_written_record_hides_secrets_in_strings_and_stays_json() {
+        crate::log::secret("84736251");
+        crate::log::secret("Zq9\"pw\\x");
+        let mut r = Record::fresh();
+        r.set(
+            "t",
+            serde_json::json!({"n": 84736251, "ok": true, "msg": "login Zq9\"pw\\x as 84736251",
+                               "Zq9\"pw\\x": 1}),
+        );
+        let line = r.to_redacted_line();
+        let back: Value = serde_json::from_str(&line).expect("still JSON");
+        assert_eq!(
+            back["t"]["n"], 84736251,
+            "a number is not a string: left alone"
+        );
+        assert_eq!(back["t"]["ok"], true);
+        assert_eq!(back["t"]["msg"], "login [REDACTED] as [REDACTED]");
+        assert_eq!(back["t"]["[REDACTED]"], 1);
+        assert!(!line.contains("Zq9"), "{line}");
+    }
     use super::*;
 
     #[test]
