@@ -83,7 +83,7 @@ fn just_deploy_swaps_cleans_old_images_and_rolls_back_a_broken_release() {
     .unwrap();
     let deploy = |image: &str| {
         shell(&format!(
-            "cd {dir} && BACKEND={backend} SWAP_IMAGE={image} SWAP_STRATEGY=recreate \
+            "cd {dir} && BACKEND={backend} SWAP_IMAGE={image} SWAP_STRATEGY=recreate SWAP_KEEP=0 \
              SWAP_HEALTH_PATH=/health SWAP_HEALTH_TIMEOUT=3s RESTORE_HEALTH_PATH=/health \
              DEPLOY_STATE={dir}/state \
              just --justfile {root}/justfile --working-directory {dir} deploy",
@@ -93,7 +93,8 @@ fn just_deploy_swaps_cleans_old_images_and_rolls_back_a_broken_release() {
     };
     let serving = || testkit::docker(&["inspect", "-f", "{{.Image}}", &backend]);
 
-    // v2: swapped in, healthy, and the stale image is gone; v1 (in the snapshot) stays.
+    // v2: swapped in, healthy, and the stale image is gone; v1 stays: no container runs it
+    // any more (SWAP_KEEP=0), but the deploy's snapshot did.
     let out = deploy(&tag("v2"));
     assert_eq!(out.status, Some(0), "{}", out.stderr);
     out.one_record();
@@ -112,6 +113,16 @@ fn just_deploy_swaps_cleans_old_images_and_rolls_back_a_broken_release() {
     let prune = &out.record["snapshot"]["prune"];
     assert_eq!(prune["removed"][0]["id"], stale.as_str(), "{prune}");
     assert_eq!(prune["removed"].as_array().unwrap().len(), 1, "{prune}");
+    let kept: Vec<(&str, &str)> = prune["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["id"].as_str().unwrap(), k["why"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kept,
+        [(v1.as_str(), "snapshot"), (v2.as_str(), "container")]
+    );
     assert!(testkit::docker_try(&["image", "inspect", &tag("stale")]).is_err());
     assert_eq!(
         testkit::docker(&["image", "inspect", "-f", "{{.Id}}", &tag("v1")]),

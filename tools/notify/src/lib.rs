@@ -183,8 +183,8 @@ impl Tool for Args {
     /// A record that does not parse: the deploy's outcome is unknown, and people are told so.
     fn on_unreadable(self, record: &mut Record, err: &Error) -> Option<serde_json::Value> {
         let problem = format!(
-            "the deploy record on stdin was unreadable: {err}. Did the tool before notify break \
-             off mid-write? See the run's log"
+            "the deploy record on stdin was unreadable: {err}. See the run's log for the tool \
+             before notify"
         );
         match self.tell(record, Some(problem)) {
             Ok(done) => Some(done.result),

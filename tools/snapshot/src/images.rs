@@ -49,6 +49,9 @@ pub struct Image {
     /// or why Docker refused to remove it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// Whether all its tags are in the cleaned repositories (removing them deletes it).
+    #[serde(skip)]
+    pub only_ours: bool,
 }
 
 /// The repositories to clean: those named, else those of the images the services' containers
@@ -111,7 +114,9 @@ fn canonical(r: &Reference) -> String {
 }
 
 /// Removes the images of `repositories` that neither a container nor a snapshot kept in
-/// `backups` uses. Holds the store lock, so no snapshot is taken or pruned meanwhile.
+/// `backups` uses. What is needed is read under the store lock (no snapshot is taken or
+/// retired meanwhile); the removals run after it, since a container started since is
+/// protected by Docker itself (it refuses, and the image is reported as kept).
 pub fn prune(
     engine: &Engine,
     backups: &Path,
@@ -119,26 +124,34 @@ pub fn prune(
     dry_run: bool,
     lock_wait: Duration,
 ) -> Result<Pruned> {
-    if !backups.is_dir() {
-        // A wrong --backups would make every rollback target look unneeded.
-        return Err(Error::input(
+    // A wrong --backups would make every rollback target look unneeded.
+    let refuse = |why: &str| {
+        Error::input(
             "--backups",
             format!(
-                "{} does not exist: without the snapshots no image can be known to be unneeded; \
-                 take a snapshot first or name the backups directory",
+                "{} {why}: without the snapshots no image can be known to be unneeded; take a \
+                 snapshot first or name the backups directory",
                 backups.display()
             ),
-        ));
+        )
+    };
+    if !backups.is_dir() {
+        return Err(refuse("does not exist"));
     }
-    let _lock = store::lock_store(backups, lock_wait)?;
-    let in_snapshots: HashSet<String> = store::kept_images(backups)?.into_iter().collect();
-
-    let containers = engine
-        .block(engine.docker.list_containers(Some(
-            ListContainersOptionsBuilder::default().all(true).build(),
-        )))
-        .map_err(|e| Error::docker("images", "list containers", e))?;
-    let in_use: HashSet<String> = containers.into_iter().filter_map(|c| c.image_id).collect();
+    let (in_snapshots, in_use) = {
+        let _lock = store::lock_store(backups, lock_wait)?;
+        if store::names(backups)?.is_empty() {
+            return Err(refuse("holds no snapshot"));
+        }
+        let in_snapshots: HashSet<String> = store::kept_images(backups)?.into_iter().collect();
+        let containers = engine
+            .block(engine.docker.list_containers(Some(
+                ListContainersOptionsBuilder::default().all(true).build(),
+            )))
+            .map_err(|e| Error::docker("images", "list containers", e))?;
+        let in_use: HashSet<String> = containers.into_iter().filter_map(|c| c.image_id).collect();
+        (in_snapshots, in_use)
+    };
 
     let images = engine
         .block(
@@ -168,6 +181,7 @@ pub fn prune(
         if tags.is_empty() {
             continue;
         }
+        let only_ours = tags.len() == image.repo_tags.len();
         ours.insert(
             (image.created, image.id.clone()),
             Image {
@@ -175,6 +189,7 @@ pub fn prune(
                 tags,
                 bytes: u64::try_from(image.size).unwrap_or(0),
                 why: None,
+                only_ours,
             },
         );
     }
@@ -195,29 +210,43 @@ pub fn prune(
         }
         if dry_run {
             kit::log::info(&format!("would remove {}", image.tags.join(" ")));
+            if !image.only_ours {
+                image.bytes = 0;
+            }
             out.bytes += image.bytes;
             out.removed.push(image);
             continue;
         }
         match remove_tags(engine, &image.tags) {
-            Ok(()) => {
+            Ok(deleted) => {
                 kit::log::info(&format!(
-                    "removed {} ({})",
+                    "removed {}{}",
                     image.tags.join(" "),
-                    bytes(image.bytes)
+                    if deleted {
+                        format!(" ({})", bytes(image.bytes))
+                    } else {
+                        " (untagged; the image stays under another name)".into()
+                    }
                 ));
+                if !deleted {
+                    image.bytes = 0;
+                }
                 out.bytes += image.bytes;
                 out.removed.push(image);
             }
-            Err(Refused::InUse(why)) => {
-                kit::log::info(&format!("keep {}: {why}", image.tags.join(" ")));
-                image.why = Some(why);
-                out.kept.push(image);
-            }
-            Err(Refused::Other(why)) => {
+            Err(refused) => {
+                // Some tags may be gone already: report what is left.
+                let left = tags_left(engine, &image.id, &repositories);
+                let (why, list) = match refused {
+                    Refused::InUse(why) => (why, &mut out.kept),
+                    Refused::Other(why) => (why, &mut out.failed),
+                };
                 kit::log::warn(&format!("cannot remove {}: {why}", image.tags.join(" ")));
+                if let Some(left) = left {
+                    image.tags = left;
+                }
                 image.why = Some(why);
-                out.failed.push(image);
+                list.push(image);
             }
         }
     }
@@ -239,12 +268,14 @@ enum Refused {
     Other(String),
 }
 
-/// `docker rmi TAG` for each tag: untags, and deletes the image with its last tag.
-fn remove_tags(engine: &Engine, tags: &[String]) -> std::result::Result<(), Refused> {
+/// `docker rmi TAG` for each tag: untags, and deletes the image with its last tag. Whether
+/// the image was deleted (not only untagged).
+fn remove_tags(engine: &Engine, tags: &[String]) -> std::result::Result<bool, Refused> {
+    let mut deleted = false;
     for tag in tags {
         let options = RemoveImageOptionsBuilder::default().force(false).build();
         match engine.block(engine.docker.remove_image(tag, Some(options), None)) {
-            Ok(_) => {}
+            Ok(items) => deleted |= items.iter().any(|i| i.deleted.is_some()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409,
                 message,
@@ -255,7 +286,20 @@ fn remove_tags(engine: &Engine, tags: &[String]) -> std::result::Result<(), Refu
             Err(e) => return Err(Refused::Other(e.to_string())),
         }
     }
-    Ok(())
+    Ok(deleted)
+}
+
+/// The tags of `id` in the cleaned repositories now (after a refusal), if it can be inspected.
+fn tags_left(engine: &Engine, id: &str, repositories: &[String]) -> Option<Vec<String>> {
+    let inspect = engine.block(engine.docker.inspect_image(id)).ok()?;
+    Some(
+        inspect
+            .repo_tags
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| Reference::parse(t).is_ok_and(|r| repositories.contains(&canonical(&r))))
+            .collect(),
+    )
 }
 
 /// `12.3 MiB`.

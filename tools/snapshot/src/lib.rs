@@ -466,32 +466,46 @@ fn list(args: &Args) -> Result<Done> {
 }
 
 /// `--prune-images`: the cleanup's result joins the `snapshot` result the deploy's snapshot
-/// left in the record (restore still finds that snapshot there).
+/// left in the record (restore still finds that snapshot there). A cleanup that cannot run or
+/// finish never records a deploy failure: that would make `restore` roll back a deploy that
+/// is healthy. It says why under `prune.error` and exits non-zero (2 for bad input, else 1).
 fn prune_images(args: &Args, repos: &[String], record: &Record) -> Result<Done> {
     let mut result = match record.get(<Args as Tool>::NAME) {
         None => serde_json::Map::new(),
         Some(serde_json::Value::Object(map)) => map.clone(),
         Some(other) => return Err(kit::record::wrong_type("snapshot", "an object", other)),
     };
-    let backups = args.backups_of_dir()?;
-    let engine = kit::docker::Engine::connect("images")?;
-    let repositories = images::repositories(&engine, repos, &args.services)?;
-    let pruned = images::prune(
-        &engine,
-        &backups,
-        repositories,
-        args.dry_run,
-        args.lock_wait,
-    )?;
-    let failed = !pruned.failed.is_empty();
-    result.insert(
-        "prune".into(),
-        serde_json::to_value(pruned).map_err(|e| Error::step("images", e.to_string()))?,
-    );
-    Ok(if failed {
-        Done::partial(result)
-    } else {
-        Done::ok(result)
+    let cleaned = (|| {
+        let backups = args.backups_of_dir()?;
+        let engine = kit::docker::Engine::connect("images")?;
+        let repositories = images::repositories(&engine, repos, &args.services)?;
+        images::prune(
+            &engine,
+            &backups,
+            repositories,
+            args.dry_run,
+            args.lock_wait,
+        )
+    })();
+    let (prune, exit) = match cleaned {
+        Ok(pruned) => {
+            let exit = if pruned.failed.is_empty() {
+                kit::Exit::Success
+            } else {
+                kit::Exit::Failure
+            };
+            (serde_json::to_value(pruned).unwrap_or_default(), exit)
+        }
+        Err(e) => {
+            kit::log::error(&format!("{e}; no image was removed, and the deploy stands"));
+            let prune = serde_json::json!({"error": e.to_string(), "step": e.step_name()});
+            (prune, e.exit())
+        }
+    };
+    result.insert("prune".into(), prune);
+    Ok(Done {
+        result: serde_json::Value::Object(result),
+        exit,
     })
 }
 

@@ -185,18 +185,40 @@ pub fn latest_good(backups: &Path) -> Result<Option<Entry>> {
         .find(|e| e.manifest().is_some()))
 }
 
-/// The image ids that the kept (whole) snapshots in `backups` reference, sorted and without
-/// duplicates. An image cleanup must never remove these: they are what a rollback runs.
+/// The image ids that the snapshots kept in `backups` reference, sorted and without
+/// duplicates. An image cleanup must never remove these: they are what a rollback runs. A
+/// corrupt snapshot counts too, as far as its manifest can be read: it may be mended by hand.
 pub fn kept_images(backups: &Path) -> Result<Vec<String>> {
-    let mut ids: Vec<String> = scan(backups)?
-        .iter()
-        .filter_map(Entry::manifest)
-        .flat_map(|m| m.image_ids().map(str::to_string).collect::<Vec<_>>())
-        .filter(|id| !id.is_empty())
-        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    for entry in scan(backups)? {
+        match &entry.state {
+            State::Good(m) => ids.extend(m.image_ids().map(str::to_string)),
+            State::Corrupt(_) => ids.extend(raw_image_ids(&entry.path.join(MANIFEST))),
+            State::Foreign => {}
+        }
+    }
+    ids.retain(|id| !id.is_empty());
     ids.sort();
     ids.dedup();
     Ok(ids)
+}
+
+/// `containers[].image.id` of a manifest that does not verify, read as plain JSON.
+fn raw_image_ids(manifest: &Path) -> Vec<String> {
+    let Ok(value) = std::fs::read(manifest)
+        .map_err(|_| ())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|_| ()))
+    else {
+        return Vec::new();
+    };
+    value["containers"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["image"]["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Why a snapshot directory does not verify.

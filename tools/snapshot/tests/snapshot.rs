@@ -445,11 +445,15 @@ fn pruning_images_never_removes_what_a_container_or_a_kept_snapshot_needs() {
     let tag = |t: &str| format!("{repo}/app:{t}");
     let other = unique("prune-other");
 
-    // a: ran when a snapshot was taken, its container gone since (a rollback target).
+    // a: ran when a snapshot was taken, its container gone since (a rollback target); that
+    // snapshot is damaged since, and still protects it (it may be mended by hand).
     let a = own_image(&mut cleanup, &tag("a"));
     let gone = run_app(&mut cleanup, &net, &tag("a"), &[]);
-    d.snapshot(&["--service", &gone, "--keep", "1"]).code(0);
+    let first = d.snapshot(&["--service", &gone, "--keep", "1"]);
+    first.code(0);
     docker(&["rm", "-f", &gone]);
+    let first = Path::new(first.record["snapshot"]["path"].as_str().unwrap());
+    std::fs::write(first.join("files/docker-compose.yml"), "tampered").unwrap();
     // b: a running container uses it; c: a stopped one does.
     let b = own_image(&mut cleanup, &tag("b"));
     let running = run_app(&mut cleanup, &net, &tag("b"), &[]);
@@ -473,6 +477,10 @@ fn pruning_images_never_removes_what_a_container_or_a_kept_snapshot_needs() {
     // The deploy's record passes through; the cleanup joins its snapshot result.
     let taken = d.snapshot(&["--service", &running]);
     taken.code(0);
+    assert_eq!(
+        d.snapshot(&["--list"]).record["snapshot"]["corrupt"][0]["path"],
+        first.to_str().unwrap()
+    );
     let snapshot_id = taken.record["snapshot"]["id"].clone();
     let mut record = taken.record.clone();
     record["custom"] = testkit::json!({"kept": true});
@@ -560,17 +568,65 @@ fn pruning_images_without_the_snapshots_refuses_and_removes_nothing() {
     let mut cleanup = Cleanup::new();
     let repo = unique("prune");
     own_image(&mut cleanup, &format!("{repo}/app:1"));
-    let out = d.snapshot(&[
-        "--backups",
-        d.dir.join("no-such-dir").to_str().unwrap(),
-        "--prune-images",
-        &format!("{repo}/app"),
-    ]);
-    out.code(2).stderr_has("--backups:");
-    assert_eq!(out.failure_from("snapshot")["step"], "input");
-    assert!(image_exists(&format!("{repo}/app:1")));
+    let repo_arg = format!("{repo}/app");
+    let empty = d.dir.join("empty-backups");
+    std::fs::create_dir(&empty).unwrap();
+    for (backups, why) in [
+        (d.dir.join("no-such-dir"), "does not exist"),
+        (empty, "holds no snapshot"),
+    ] {
+        let out = d.snapshot(&[
+            "--backups",
+            backups.to_str().unwrap(),
+            "--prune-images",
+            &repo_arg,
+        ]);
+        out.code(2)
+            .one_record()
+            .stderr_has(&format!("--backups: {}", backups.display()));
+        out.stderr_has(why);
+        assert_eq!(out.record["snapshot"]["prune"]["step"], "input");
+        assert!(image_exists(&format!("{repo}/app:1")));
+    }
 
     let out = d.snapshot(&["--prune-images", &format!("{repo}/app:1")]);
     out.code(2).stderr_has("--prune-images: ");
     assert!(image_exists(&format!("{repo}/app:1")));
+}
+
+#[test]
+fn a_cleanup_that_cannot_run_never_makes_restore_roll_back_a_good_deploy() {
+    let d = Deploy::new();
+    let taken = d.snapshot(&[]);
+    taken.code(0);
+    // The deploy went well; then the cleanup cannot reach the Docker Engine.
+    let cleaned = tool("snapshot")
+        .arg("--dir")
+        .arg(&d.dir)
+        .args(["--prune-images", "app"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .record(&taken.record)
+        .run();
+    cleaned.code(1).one_record();
+    cleaned.stderr_has("no image was removed, and the deploy stands");
+    assert!(
+        cleaned.record.get("failure").is_none(),
+        "{}",
+        cleaned.stdout
+    );
+    assert_eq!(
+        cleaned.record["snapshot"]["id"],
+        taken.record["snapshot"]["id"]
+    );
+    let prune = &cleaned.record["snapshot"]["prune"];
+    assert!(
+        prune["error"].as_str().unwrap().contains("nonexistent"),
+        "{prune}"
+    );
+
+    let before = d.state();
+    let out = d.restore_piped(&cleaned.stdout);
+    out.code(0).stderr_has("nothing to roll back");
+    assert_eq!(out.record["restore"]["restored"], false);
+    assert_eq!(d.state(), before);
 }

@@ -87,6 +87,17 @@ impl Deploy {
         out
     }
 
+    /// `restore --dir DIR <args>` reading `record` on stdin.
+    pub fn restore_piped(&self, record: &str) -> Out {
+        let out = tool("restore")
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(record)
+            .run();
+        no_secret(&out);
+        out
+    }
+
     /// The ids `snapshot --list` offers, newest first.
     pub fn listed(&self) -> Vec<String> {
         let out = self.snapshot(&["--list"]);
