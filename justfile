@@ -48,9 +48,10 @@ build tag=`git rev-parse --short=12 HEAD`:
 push:
     img-push < {{state}}/build.json > {{state}}/push.json
 
-# Deploy on the server: snapshot → swap backend → healthwait → swap frontend → final health →
-# clean old images → restore on failure → notify. Pipe a record in (from `push`, or CI) or set SWAP_IMAGE.
-# swap, restore and notify read their settings from the environment (SWAP_*, NOTIFY_URLS).
+# Pipe a record in (from `push`, or CI) or set SWAP_IMAGE. swap, restore and notify read their
+# settings from the environment (SWAP_*, RESTORE_*, NOTIFY_URLS); BACKEND, FRONTEND,
+# FRONTEND_IMAGE and APP_URL name the services and the final check.
+# Deploy on the server: snapshot → swap backend → healthwait → swap frontend → final health → clean old images → notify; restore on failure
 deploy:
     #!/usr/bin/env bash
     set -euo pipefail
