@@ -81,22 +81,26 @@ fn just_deploy_swaps_cleans_old_images_and_rolls_back_a_broken_release() {
         "SECRET_KEY=s3cr3t-deploy-value\n",
     )
     .unwrap();
-    let deploy = |image: &str| {
+    let hook = testkit::StubServer::start(|_| Some((200, "text/plain", "ok".into())));
+    // `just RECIPE` in the deploy directory, configured by the environment as on a server.
+    let just = |recipe: &str, env: &str| {
         shell(&format!(
-            "cd {dir} && BACKEND={backend} SWAP_IMAGE={image} SWAP_STRATEGY=recreate SWAP_KEEP=0 \
+            "cd {dir} && BACKEND={backend} SWAP_STRATEGY=recreate SWAP_KEEP=0 \
              SWAP_HEALTH_PATH=/health SWAP_HEALTH_TIMEOUT=3s RESTORE_HEALTH_PATH=/health \
-             DEPLOY_STATE={dir}/state \
-             just --justfile {root}/justfile --working-directory {dir} deploy",
+             RESTORE_STRATEGY=recreate DEPLOY_STATE={dir}/state {env} \
+             just --justfile {root}/justfile --working-directory {dir} {recipe}",
             dir = dir.path().display(),
             root = testkit::root().display(),
         ))
     };
+    let deploy = |image: &str| just("deploy", &format!("SWAP_IMAGE={image}"));
     let serving = || testkit::docker(&["inspect", "-f", "{{.Image}}", &backend]);
 
     // v2: swapped in, healthy, and the stale image is gone; v1 stays: no container runs it
     // any more (SWAP_KEEP=0), but the deploy's snapshot did.
     let out = deploy(&tag("v2"));
     assert_eq!(out.status, Some(0), "{}", out.stderr);
+    let before_v2 = out.record["snapshot"]["id"].as_str().unwrap().to_string();
     out.one_record();
     assert_eq!(
         out.steps(),
@@ -185,4 +189,27 @@ fn just_deploy_swaps_cleans_old_images_and_rolls_back_a_broken_release() {
     assert_eq!(serving(), v2);
     assert!(testkit::docker_try(&["image", "inspect", &tag("broken")]).is_ok());
     out.stderr_has("FAILED");
+
+    // `just renotify` sends the last deploy's record again, to a channel fixed since.
+    let again = just(
+        "renotify",
+        &format!("NOTIFY_URLS=json://{}/hook", hook.addr),
+    );
+    assert_eq!(again.status, Some(0), "{}", again.stderr);
+    let sent: testkit::Value = serde_json::from_str(&hook.requests()[0].body).unwrap();
+    assert_eq!(sent["outcome"], "failed", "{sent}");
+    assert_eq!(sent["failure"]["tool"], "swap");
+
+    // `just rollback ID` goes back to the snapshot taken before v2: v1 serves again.
+    let rollback = just("rollback", "");
+    assert_eq!(rollback.status, Some(0), "{}", rollback.stderr);
+    assert_eq!(
+        serving(),
+        v2,
+        "the latest snapshot is the one before the broken release"
+    );
+    let rollback = just(&format!("rollback {before_v2}"), "");
+    assert_eq!(rollback.status, Some(0), "{}", rollback.stderr);
+    assert_eq!(serving(), v1);
+    rollback.stderr_has("rolled back");
 }
