@@ -213,3 +213,48 @@ fn just_deploy_swaps_cleans_old_images_and_rolls_back_a_broken_release() {
     assert_eq!(serving(), v1);
     rollback.stderr_has("rolled back");
 }
+
+#[test]
+fn just_build_and_push_ship_the_commit_to_the_registry() {
+    fixtures();
+    let mut clean = Cleanup::new();
+    let registry = clean.registry(None);
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("Dockerfile"),
+        "FROM dkt/busybox:latest\nCOPY hello.txt /\n",
+    )
+    .unwrap();
+    std::fs::write(app.path().join("hello.txt"), "hi\n").unwrap();
+    let image = unique("shop");
+    let out = shell(&format!(
+        "cd {dir} && git init -q && git add . && \
+         git -c user.name=t -c user.email=t@example.com commit -qm init && \
+         export REGISTRY={registry} IMAGE={image} DEPLOY_STATE={dir}/.state && \
+         just --justfile {root}/justfile --working-directory {dir} build && \
+         just --justfile {root}/justfile --working-directory {dir} push && \
+         git rev-parse --short=12 HEAD",
+        dir = app.path().display(),
+        root = testkit::root().display(),
+    ));
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    let commit = out.stdout.trim().to_string();
+    let tag = clean.image(&format!("{registry}/{image}:{commit}"));
+    let pushed: testkit::Value =
+        serde_json::from_slice(&std::fs::read(app.path().join(".state/push.json")).unwrap())
+            .unwrap();
+    assert_eq!(pushed["img-push"]["pushed"][0]["tag"], tag.as_str());
+    assert_eq!(
+        out.record,
+        testkit::Value::Null,
+        "the recipes keep the records in files"
+    );
+    let (status, _, body) = testkit::http_get(
+        &format!("http://{registry}/v2/{image}/tags/list"),
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let tags: testkit::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(tags["tags"], testkit::json!([commit]));
+}
