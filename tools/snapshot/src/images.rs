@@ -110,7 +110,11 @@ pub fn repositories(engine: &Engine, named: &[String], services: &[String]) -> R
 /// `registry/path`, the same for every spelling of one repository (`app` is
 /// `docker.io/library/app`).
 fn canonical(r: &Reference) -> String {
-    format!("{}/{}", r.registry, r.path)
+    let registry = match r.registry.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => kit::image::DOCKER_HUB,
+        other => other,
+    };
+    format!("{registry}/{}", r.path)
 }
 
 /// Removes the images of `repositories` that neither a container nor a snapshot kept in
@@ -307,4 +311,20 @@ fn bytes(n: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
     let mib = n as f64 / (1024.0 * 1024.0);
     format!("{mib:.1} MiB")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_repository_however_it_is_spelled() {
+        let c = |t: &str| canonical(&Reference::parse(t).unwrap());
+        assert_eq!(c("app:v1"), "docker.io/library/app");
+        assert_eq!(c("docker.io/library/app"), "docker.io/library/app");
+        assert_eq!(c("index.docker.io/library/app:v2"), "docker.io/library/app");
+        assert_eq!(c("acme/app@sha256:0123"), "docker.io/acme/app");
+        assert_eq!(c("127.0.0.1:5000/shop/api:1"), "127.0.0.1:5000/shop/api");
+        assert_ne!(c("127.0.0.1:5000/shop/api"), c("shop/api"));
+    }
 }
