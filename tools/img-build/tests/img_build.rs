@@ -92,9 +92,10 @@ fn verbose_shows_the_whole_log_and_actions_fold_it() {
         "FROM dkt/busybox:latest\nRUN echo visible-line\n",
     )]);
     let tag = c.image(&format!("{}:v1", unique("verbose")));
-    build(dir.path(), &["-t", &tag, "-v", "--no-cache"])
-        .code(0)
-        .stderr_has("  | visible-line");
+    let first = build(dir.path(), &["-t", &tag, "-v", "--no-cache"]);
+    first.code(0).stderr_has("  | visible-line");
+    // The second build takes the tag: the first image is removed by its id.
+    c.image(first.record["img-build"]["image_id"].as_str().unwrap());
     let out = tool("img-build")
         .arg("--context")
         .arg(dir.path())
