@@ -10,6 +10,7 @@ use kit::docker::Engine;
 use kit::health::Outcome;
 use kit::{Error, Record, Result};
 use serde::Serialize;
+use serde_json::Value;
 use snapshot::manifest::ContainerEntry;
 
 use crate::Args;
@@ -237,16 +238,61 @@ pub fn pull(engine: &Engine, planned: &[Planned]) -> Result<Vec<String>> {
     Ok(pulled)
 }
 
-/// How traffic moves for this service: the flags, else what swap did earlier in this deploy
-/// (the record's `swap`), else `recreate` for a container that owns host ports.
+/// The swap of `service` earlier in this deploy: the record's `swap`, or one of the swaps
+/// before it (`swap.earlier`, several services in one deploy); with the record path it is at.
+fn swap_of<'r>(record: &'r Record, service: &str) -> Result<Option<(&'r Value, String)>> {
+    let Some(last) = record.get("swap") else {
+        return Ok(None);
+    };
+    let mut found = vec![(last, "swap".to_string())];
+    if let Some(earlier) = last.get("earlier") {
+        let list = earlier
+            .as_array()
+            .ok_or_else(|| kit::record::wrong_type("swap.earlier", "an array", earlier))?;
+        found.extend(
+            list.iter()
+                .enumerate()
+                .rev()
+                .map(|(i, s)| (s, format!("swap.earlier.{i}"))),
+        );
+    }
+    for (swap, at) in found {
+        if text(swap, &at, "service")?.as_deref() == Some(service) {
+            return Ok(Some((swap, at)));
+        }
+    }
+    Ok(None)
+}
+
+/// A string field of a recorded swap (`switch.upstream_file`); a wrong type is bad input
+/// naming the field.
+fn text(swap: &Value, at: &str, path: &str) -> Result<Option<String>> {
+    let pointer = format!("/{}", path.replace('.', "/"));
+    match swap.pointer(&pointer) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(kit::record::wrong_type(
+            &format!("{at}.{path}"),
+            "a string",
+            other,
+        )),
+    }
+}
+
+/// How traffic moves for this service: the flags, else what swap did for it earlier in this
+/// deploy (the record's `swap` or `swap.earlier`), else `recreate` for a container that owns
+/// host ports.
 fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap::Strategy> {
     use crate::StrategyName as S;
-    let from_record = record.string("swap.service")?.as_deref() == Some(entry.service.as_str());
-    let recorded = if from_record {
-        record.string("swap.strategy")?
-    } else {
-        None
+    let swapped = swap_of(record, &entry.service)?;
+    let from_record = swapped.is_some();
+    let field = |path: &str| -> Result<Option<String>> {
+        match &swapped {
+            Some((swap, at)) => text(swap, at, path),
+            None => Ok(None),
+        }
     };
+    let recorded = field("strategy")?;
     let name = match (args.strategy, &args.upstream_file, recorded.as_deref()) {
         (Some(s), _, _) => s,
         (None, Some(_), _) => S::Nginx,
@@ -271,7 +317,7 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
                 Some(f) => Some(std::path::absolute(f).map_err(|e| {
                     Error::input("--upstream-file", format!("cannot resolve it: {e}"))
                 })?),
-                None if from_record => record.string("swap.switch.upstream_file")?.map(Into::into),
+                None if from_record => field("switch.upstream_file")?.map(Into::into),
                 None => None,
             }
             .ok_or_else(|| {
@@ -281,33 +327,16 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
                 )
             })?;
             let mut n = swap::Nginx::new(file);
-            n.upstream = args.upstream.clone().or(if from_record {
-                record.string("swap.switch.upstream")?
-            } else {
-                None
-            });
-            n.container = args.nginx_container.clone().or(if from_record {
-                record
-                    .string("swap.switch.nginx")?
-                    .and_then(|s| s.strip_prefix("container ").map(str::to_string))
-            } else {
-                None
-            });
+            n.upstream = args.upstream.clone().or(field("switch.upstream")?);
+            n.container = args.nginx_container.clone().or(field("switch.nginx")?
+                .and_then(|s| s.strip_prefix("container ").map(str::to_string)));
             n.service_url.clone_from(&args.service_url);
             swap::Strategy::Nginx(n)
         }
         S::Alias => {
             let mut a = swap::Alias::new();
-            a.alias = args.alias.clone().or(if from_record {
-                record.string("swap.switch.alias")?
-            } else {
-                None
-            });
-            a.network = args.alias_network.clone().or(if from_record {
-                record.string("swap.switch.network")?
-            } else {
-                None
-            });
+            a.alias = args.alias.clone().or(field("switch.alias")?);
+            a.network = args.alias_network.clone().or(field("switch.network")?);
             swap::Strategy::Alias(a)
         }
         S::Recreate => swap::Strategy::Recreate,

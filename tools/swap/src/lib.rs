@@ -197,14 +197,33 @@ impl Tool for Args {
                         ))
                     ));
                 }
-                Ok(Done::ok(report))
+                Ok(Done::ok(with_earlier(record, &report)))
             }
             Err(err) => {
-                record.set(Self::NAME, &report);
+                record.set(Self::NAME, with_earlier(record, &report));
                 Err(err)
             }
         }
     }
+}
+
+/// The report, with the swaps made earlier in this deploy (several services, one record) kept
+/// under `earlier`, oldest first: so restore knows how each service's traffic moved.
+fn with_earlier(record: &Record, report: &Report) -> serde_json::Value {
+    use serde_json::Value;
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    if let (Some(Value::Object(previous)), Value::Object(map)) =
+        (record.get(<Args as Tool>::NAME), &mut value)
+    {
+        let mut previous = previous.clone();
+        let mut earlier = match previous.remove("earlier") {
+            Some(Value::Array(list)) => list,
+            _ => Vec::new(),
+        };
+        earlier.push(Value::Object(previous));
+        map.insert("earlier".into(), Value::Array(earlier));
+    }
+    value
 }
 
 fn short_id(id: &str) -> String {
