@@ -50,7 +50,9 @@ push:
 
 # Pipe a record in (from `push`, or CI) or set SWAP_IMAGE. swap, restore and notify read their
 # settings from the environment (SWAP_*, RESTORE_*, NOTIFY_URLS); BACKEND, FRONTEND,
-# FRONTEND_IMAGE and APP_URL name the services and the final check.
+# FRONTEND_IMAGE and APP_URL name the services and the final check. The frontend owns the host
+# ports, so it is recreated (a short gap) unless FRONTEND_STRATEGY=nginx swaps it behind an edge
+# nginx (FRONTEND_UPSTREAM_FILE, FRONTEND_NGINX_CONTAINER, FRONTEND_UPSTREAM): no gap at all.
 # Deploy on the server: snapshot → swap backend → healthwait → swap frontend → final health → clean old images → notify; restore on failure
 deploy:
     #!/usr/bin/env bash
@@ -71,7 +73,12 @@ deploy:
     stage 03-health healthwait
     if [ -n "${FRONTEND_IMAGE:-}" ]; then
       stage 04-swap-frontend env -u SWAP_IMAGE -u SWAP_STRATEGY -u SWAP_UPSTREAM_FILE \
-        swap --service "${FRONTEND:-frontend}" --image "$FRONTEND_IMAGE" --strategy recreate
+          -u SWAP_UPSTREAM -u SWAP_NGINX_CONTAINER -u SWAP_SERVICE_URL \
+        swap --service "${FRONTEND:-frontend}" --image "$FRONTEND_IMAGE" \
+          --strategy "${FRONTEND_STRATEGY:-recreate}" \
+          ${FRONTEND_UPSTREAM_FILE:+--upstream-file "$FRONTEND_UPSTREAM_FILE"} \
+          ${FRONTEND_UPSTREAM:+--upstream "$FRONTEND_UPSTREAM"} \
+          ${FRONTEND_NGINX_CONTAINER:+--nginx-container "$FRONTEND_NGINX_CONTAINER"}
     fi
     if [ -n "${APP_URL:-}" ]; then stage 05-final-health healthwait --url "$APP_URL"; fi
     # Images of the services' repositories that no container uses and no kept snapshot needs.

@@ -258,3 +258,159 @@ fn just_build_and_push_ship_the_commit_to_the_registry() {
     let tags: testkit::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(tags["tags"], testkit::json!([commit]));
 }
+
+/// GETs `url` in a loop until stopped: how many answered 200, how many did not, and the
+/// bodies seen (the versions).
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>, std::collections::BTreeSet<String>)>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed, mut seen) = (0, Vec::new(), std::collections::BTreeSet::new());
+            while !flag.load(Ordering::SeqCst) {
+                match testkit::http_get(&url, std::time::Duration::from_secs(2)) {
+                    Ok((200, _, body)) => {
+                        ok += 1;
+                        seen.insert(body.trim().to_string());
+                    }
+                    Ok((status, _, body)) => failed.push(format!("{status} {body}")),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed, seen)
+        });
+        Load { stop, thread }
+    }
+
+    fn stop(self) -> (usize, Vec<String>, std::collections::BTreeSet<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn just_deploy_of_two_services_rolls_both_back_the_way_each_moved_with_no_failed_request() {
+    fixtures();
+    let mut clean = Cleanup::new();
+    let net = clean.network();
+    let backend = clean.container(&unique("backend"));
+    let front = clean.container(&unique("front"));
+    let edge = clean.container(&unique("edge"));
+    testkit::run_container(&backend, &net, &["dkt/app:v1"]);
+    testkit::run_container(&front, &net, &["dkt/app:v1"]);
+    let v1 = testkit::docker(&["image", "inspect", "-f", "{{.Id}}", "dkt/app:v1"]);
+
+    // The edge nginx owns the traffic; the frontend is swapped behind it.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("edge");
+    std::fs::create_dir(&conf).unwrap();
+    let upstream = conf.join("upstream-front.conf");
+    std::fs::write(
+        &upstream,
+        format!(
+            "upstream {front} {{\n    server {}:8000;\n}}\n",
+            testkit::ip_of(&front, &net)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("site.conf"),
+        format!("server {{\n    listen 80;\n    location / {{ proxy_pass http://{front}; }}\n}}\n"),
+    )
+    .unwrap();
+    let mount = format!("{}:/etc/nginx/conf.d", conf.display());
+    testkit::run_container(&edge, &net, &["-v", &mount, "dkt/nginx:latest"]);
+    let url = format!("http://{}:80/version", testkit::ip_of(&edge, &net));
+    assert!(testkit::eventually(
+        std::time::Duration::from_secs(10),
+        || { testkit::http_get(&url, std::time::Duration::from_secs(1)).is_ok_and(|r| r.0 == 200) }
+    ));
+    std::fs::write(dir.path().join("docker-compose.yml"), "services: {}\n").unwrap();
+
+    // Both swaps succeed, then the final check fails: restore must move each service back
+    // the way swap moved it (recreate, nginx behind the edge), with no RESTORE_* settings.
+    let load = Load::start(url.clone());
+    let out = shell(&format!(
+        "cd {dir} && BACKEND={backend} SWAP_IMAGE=dkt/app:v2 SWAP_STRATEGY=recreate \
+         SWAP_HEALTH_PATH=/health SWAP_DRAIN=300ms RESTORE_HEALTH_PATH=/health \
+         FRONTEND={front} FRONTEND_IMAGE=dkt/app:v3 FRONTEND_STRATEGY=nginx \
+         FRONTEND_UPSTREAM_FILE={upstream} FRONTEND_NGINX_CONTAINER={edge} \
+         APP_URL=http://127.0.0.1:9/health HEALTHWAIT_TIMEOUT=2s DEPLOY_STATE={dir}/state \
+         just --justfile {root}/justfile --working-directory {dir} deploy",
+        dir = dir.path().display(),
+        upstream = upstream.display(),
+        root = testkit::root().display(),
+    ));
+    // Let the edge serve a moment after the rollback too.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ok, failed, seen) = load.stop();
+
+    assert_ne!(
+        out.status,
+        Some(0),
+        "a failed final check ends red:\n{}",
+        out.stderr
+    );
+    out.one_record();
+    assert_eq!(
+        out.steps(),
+        [
+            "snapshot ok",
+            "swap ok",
+            "healthwait ok",
+            "swap ok",
+            "healthwait failed",
+            "snapshot skipped",
+            "restore failed",
+            "notify ok"
+        ],
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.record["swap"]["earlier"][0]["service"],
+        backend.as_str()
+    );
+    let restored: Vec<(&str, &str, &str)> = out.record["restore"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["service"].as_str().unwrap(),
+                c["action"].as_str().unwrap(),
+                c["strategy"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        restored,
+        [
+            (backend.as_str(), "recreated", "recreate"),
+            (front.as_str(), "recreated", "nginx")
+        ]
+    );
+    let image_of = |c: &str| testkit::docker(&["inspect", "-f", "{{.Image}}", c]);
+    assert_eq!(image_of(&backend), v1);
+    assert_eq!(image_of(&front), v1);
+    assert_eq!(
+        testkit::http_get(&url, std::time::Duration::from_secs(2))
+            .unwrap()
+            .2
+            .trim(),
+        "v1"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(seen.contains("v1") && seen.contains("v3"), "{seen:?}");
+}

@@ -51,15 +51,16 @@ pub struct Args {
     pub attempts: Option<u32>,
 
     /// Pause between attempts (default: 25 ms doubling up to 250 ms)
-    #[arg(long, value_name = "DURATION", value_parser = kit::parse_duration)]
+    #[arg(long, env = "HEALTHWAIT_INTERVAL", value_name = "DURATION", value_parser = kit::parse_duration)]
     pub interval: Option<Duration>,
 
     /// Total budget (default 60s): 500ms, 2s, 1m
-    #[arg(long, value_name = "DURATION", value_parser = kit::parse_duration)]
+    #[arg(long, env = "HEALTHWAIT_TIMEOUT", value_name = "DURATION", value_parser = kit::parse_duration)]
     pub timeout: Option<Duration>,
 
     /// Timeout of one attempt
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = kit::parse_duration)]
+    #[arg(long, env = "HEALTHWAIT_ATTEMPT_TIMEOUT", default_value = "5s", value_name = "DURATION",
+          value_parser = kit::parse_duration)]
     pub attempt_timeout: Duration,
 
     #[command(flatten)]
