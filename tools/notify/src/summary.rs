@@ -82,6 +82,18 @@ fn text(record: &Record, path: &str) -> Option<String> {
     }
 }
 
+/// The services swapped in this deploy, in order (`backend, frontend`): the earlier swaps
+/// (`swap.earlier`), then the last.
+fn swapped_services(record: &Record) -> Option<String> {
+    let mut names: Vec<String> = array(record, "swap.earlier")
+        .iter()
+        .filter_map(|s| field(s, "service"))
+        .collect();
+    names.extend(text(record, "swap.service"));
+    names.dedup();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
 fn array<'r>(record: &'r Record, path: &str) -> &'r [Value] {
     match record.path(path) {
         Some(Value::Array(items)) => items,
@@ -145,7 +157,7 @@ impl Summary {
             .or_else(|| text(record, "img-push.digest"));
         let service = overrides
             .service
-            .or_else(|| text(record, "swap.service"))
+            .or_else(|| swapped_services(record))
             .or_else(|| text(record, "restore.containers.0.service"));
         let url = overrides
             .url
@@ -475,6 +487,14 @@ mod tests {
     fn summary(v: Value) -> Summary {
         let record = Record::parse(&v.to_string()).unwrap();
         Summary::read(&record, None, Context::default(), Overrides::default())
+    }
+
+    #[test]
+    fn a_deploy_of_several_services_names_them_all() {
+        let s = summary(json!({"version": 1,
+            "swap": {"service": "frontend", "image": "web:2",
+                     "earlier": [{"service": "backend", "image": "api:2"}]}}));
+        assert_eq!(s.title, "✅ backend, frontend deployed");
     }
 
     #[test]
