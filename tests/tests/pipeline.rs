@@ -333,18 +333,29 @@ fn just_deploy_of_two_services_rolls_both_back_the_way_each_moved_with_no_failed
     ));
     std::fs::write(dir.path().join("docker-compose.yml"), "services: {}\n").unwrap();
 
+    // The deploy's settings, in the deploy directory's .env as on a server (examples/deploy.env).
+    // RESTORE_STRATEGY=alias is wrong for both services: the record knows better, and wins.
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "BACKEND={backend}\nSWAP_STRATEGY=recreate\nSWAP_HEALTH_PATH=/health\n\
+             SWAP_DRAIN=300ms\nRESTORE_HEALTH_PATH=/health\nRESTORE_STRATEGY=alias\n\
+             FRONTEND={front}\nFRONTEND_STRATEGY=nginx\nFRONTEND_UPSTREAM_FILE={}\n\
+             FRONTEND_NGINX_CONTAINER={edge}\nAPP_URL=http://127.0.0.1:9/health\n\
+             HEALTHWAIT_TIMEOUT=2s\nDEPLOY_STATE={}/state\n",
+            upstream.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+
     // Both swaps succeed, then the final check fails: restore must move each service back
-    // the way swap moved it (recreate, nginx behind the edge), with no RESTORE_* settings.
+    // the way swap moved it (recreate, nginx behind the edge).
     let load = Load::start(url.clone());
     let out = shell(&format!(
-        "cd {dir} && BACKEND={backend} SWAP_IMAGE=dkt/app:v2 SWAP_STRATEGY=recreate \
-         SWAP_HEALTH_PATH=/health SWAP_DRAIN=300ms RESTORE_HEALTH_PATH=/health \
-         FRONTEND={front} FRONTEND_IMAGE=dkt/app:v3 FRONTEND_STRATEGY=nginx \
-         FRONTEND_UPSTREAM_FILE={upstream} FRONTEND_NGINX_CONTAINER={edge} \
-         APP_URL=http://127.0.0.1:9/health HEALTHWAIT_TIMEOUT=2s DEPLOY_STATE={dir}/state \
+        "cd {dir} && SWAP_IMAGE=dkt/app:v2 FRONTEND_IMAGE=dkt/app:v3 \
          just --justfile {root}/justfile --working-directory {dir} deploy",
         dir = dir.path().display(),
-        upstream = upstream.display(),
         root = testkit::root().display(),
     ));
     // Let the edge serve a moment after the rollback too.

@@ -279,13 +279,14 @@ fn text(swap: &Value, at: &str, path: &str) -> Result<Option<String>> {
     }
 }
 
-/// How traffic moves for this service: the flags, else what swap did for it earlier in this
-/// deploy (the record's `swap` or `swap.earlier`), else `recreate` for a container that owns
-/// host ports.
+/// How traffic moves for this service: what swap did for it earlier in this deploy (the
+/// record's `swap` or `swap.earlier`: exact, per service), else `recreate` for a container that
+/// owns host ports (nothing else can move it), else the flags. The flags apply to every
+/// container restored, so they come last: `RESTORE_UPSTREAM_FILE` for the backend must never
+/// be used for a frontend the record knows better.
 fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap::Strategy> {
     use crate::StrategyName as S;
     let swapped = swap_of(record, &entry.service)?;
-    let from_record = swapped.is_some();
     let field = |path: &str| -> Result<Option<String>> {
         match &swapped {
             Some((swap, at)) => text(swap, at, path),
@@ -293,13 +294,14 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
         }
     };
     let recorded = field("strategy")?;
-    let name = match (args.strategy, &args.upstream_file, recorded.as_deref()) {
-        (Some(s), _, _) => s,
-        (None, Some(_), _) => S::Nginx,
-        (None, None, Some("nginx")) => S::Nginx,
-        (None, None, Some("alias")) => S::Alias,
-        (None, None, Some("recreate")) => S::Recreate,
-        _ if !swap_host_ports(&entry.inspect).is_empty() => S::Recreate,
+    let host_ports = !swap_host_ports(&entry.inspect).is_empty();
+    let name = match (recorded.as_deref(), args.strategy, &args.upstream_file) {
+        (Some("nginx"), ..) => S::Nginx,
+        (Some("alias"), ..) => S::Alias,
+        (Some("recreate"), ..) => S::Recreate,
+        _ if host_ports => S::Recreate,
+        (_, Some(s), _) => s,
+        (_, None, Some(_)) => S::Nginx,
         _ => {
             return Err(Error::input(
                 "--strategy",
@@ -311,32 +313,51 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
             ))
         }
     };
+    // The record's switch for a service it swapped; the flags otherwise.
+    let from_flags = recorded.is_none();
+    let pick = |flag: &Option<String>, path: &str| -> Result<Option<String>> {
+        match field(path)? {
+            Some(v) => Ok(Some(v)),
+            None if from_flags => Ok(flag.clone()),
+            None => Ok(None),
+        }
+    };
     Ok(match name {
         S::Nginx => {
-            let file = match &args.upstream_file {
-                Some(f) => Some(std::path::absolute(f).map_err(|e| {
-                    Error::input("--upstream-file", format!("cannot resolve it: {e}"))
-                })?),
-                None if from_record => field("switch.upstream_file")?.map(Into::into),
-                None => None,
-            }
-            .ok_or_else(|| {
+            let flag_file = args
+                .upstream_file
+                .as_ref()
+                .map(|f| {
+                    std::path::absolute(f).map_err(|e| {
+                        Error::input("--upstream-file", format!("cannot resolve it: {e}"))
+                    })
+                })
+                .transpose()?
+                .map(|f| f.display().to_string());
+            let file = pick(&flag_file, "switch.upstream_file")?.ok_or_else(|| {
                 Error::input(
                     "--upstream-file",
                     "the nginx strategy needs the upstream include file to rewrite",
                 )
             })?;
-            let mut n = swap::Nginx::new(file);
-            n.upstream = args.upstream.clone().or(field("switch.upstream")?);
-            n.container = args.nginx_container.clone().or(field("switch.nginx")?
-                .and_then(|s| s.strip_prefix("container ").map(str::to_string)));
-            n.service_url.clone_from(&args.service_url);
+            let mut n = swap::Nginx::new(std::path::PathBuf::from(file));
+            n.upstream = pick(&args.upstream, "switch.upstream")?;
+            n.container = match field("switch.nginx")? {
+                Some(s) => s.strip_prefix("container ").map(str::to_string),
+                None if from_flags => args.nginx_container.clone(),
+                None => None,
+            };
+            n.service_url = if from_flags {
+                args.service_url.clone()
+            } else {
+                None
+            };
             swap::Strategy::Nginx(n)
         }
         S::Alias => {
             let mut a = swap::Alias::new();
-            a.alias = args.alias.clone().or(field("switch.alias")?);
-            a.network = args.alias_network.clone().or(field("switch.network")?);
+            a.alias = pick(&args.alias, "switch.alias")?;
+            a.network = pick(&args.alias_network, "switch.network")?;
             swap::Strategy::Alias(a)
         }
         S::Recreate => swap::Strategy::Recreate,
