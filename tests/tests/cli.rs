@@ -83,3 +83,30 @@ fn a_usage_error_names_the_flag_on_one_line_and_exits_2() {
     out.code(2)
         .stderr_has("invalid value 'pdf' for '--generate <WHAT>'");
 }
+
+#[test]
+fn every_setting_of_the_example_deploy_env_is_read_by_a_tool_or_the_justfile() {
+    let root = testkit::root();
+    let example = std::fs::read_to_string(root.join("examples/deploy.env")).unwrap();
+    let justfile = std::fs::read_to_string(root.join("justfile")).unwrap();
+    let mut known = String::new();
+    for (name, _) in TOOLS {
+        known.push_str(&tool(name).arg("--help").run().stdout);
+    }
+    let keys: Vec<&str> = example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    assert!(keys.len() >= 10, "{keys:?}");
+    for key in keys {
+        // A variable a tool reads shows in its --help as [env: KEY=] (or [env: KEY] when its
+        // value is hidden); the recipe's own as $KEY.
+        let read = known.contains(&format!("[env: {key}="))
+            || known.contains(&format!("[env: {key}]"))
+            || justfile.contains(&format!("${{{key}"))
+            || justfile.contains(&format!("${key}"))
+            || example.contains(&format!("${{{key}}}"));
+        assert!(read, "examples/deploy.env sets {key}, which nothing reads");
+    }
+}
