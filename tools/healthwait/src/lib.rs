@@ -54,8 +54,9 @@ pub struct Args {
     #[arg(long, env = "HEALTHWAIT_INTERVAL", value_name = "DURATION", value_parser = kit::parse_duration)]
     pub interval: Option<Duration>,
 
-    /// Total budget (default 60s): 500ms, 2s, 1m
-    #[arg(long, env = "HEALTHWAIT_TIMEOUT", value_name = "DURATION", value_parser = kit::parse_duration)]
+    /// Total budget (default 60s, or HEALTHWAIT_TIMEOUT when neither --timeout nor --attempts
+    /// is given): 500ms, 2s, 1m
+    #[arg(long, value_name = "DURATION", value_parser = kit::parse_duration)]
     pub timeout: Option<Duration>,
 
     /// Timeout of one attempt
@@ -65,6 +66,18 @@ pub struct Args {
 
     #[command(flatten)]
     pub common: Common,
+}
+
+/// `HEALTHWAIT_TIMEOUT`: the budget a deploy's settings give every healthwait. Read here, not
+/// by clap, so that `--attempts` on the command line simply takes precedence over it (clap
+/// would count the variable as `--timeout` and refuse the pair).
+fn timeout_from_env() -> Result<Option<Duration>> {
+    match std::env::var("HEALTHWAIT_TIMEOUT") {
+        Ok(v) if !v.trim().is_empty() => kit::parse_duration(&v)
+            .map(Some)
+            .map_err(|e| Error::input("HEALTHWAIT_TIMEOUT", e)),
+        _ => Ok(None),
+    }
 }
 
 impl Tool for Args {
@@ -134,7 +147,10 @@ impl Args {
                 },
             },
             (None, timeout) => Schedule::Within {
-                timeout: timeout.unwrap_or(kit::health::DEFAULT_TIMEOUT),
+                timeout: match timeout {
+                    Some(t) => t,
+                    None => timeout_from_env()?.unwrap_or(kit::health::DEFAULT_TIMEOUT),
+                },
                 interval: self.interval,
             },
         };

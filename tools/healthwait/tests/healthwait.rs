@@ -60,6 +60,38 @@ fn attempts_and_interval_do_exactly_that() {
 }
 
 #[test]
+fn a_deploys_healthwait_timeout_bounds_the_wait_and_attempts_still_win() {
+    let server = healthy_after(u32::MAX);
+    // The deploy's .env sets HEALTHWAIT_TIMEOUT for every stage.
+    let out = tool("healthwait")
+        .args(["--url", &server.url()])
+        .env("HEALTHWAIT_TIMEOUT", "300ms")
+        .run();
+    out.code(1).stderr_has("(within 300ms)");
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    // A user's own count is not refused because of it.
+    let out = tool("healthwait")
+        .args([
+            "--url",
+            &server.url(),
+            "--attempts",
+            "2",
+            "--interval",
+            "10ms",
+        ])
+        .env("HEALTHWAIT_TIMEOUT", "300ms")
+        .run();
+    out.code(1);
+    assert_eq!(out.record["healthwait"]["attempts"], 2);
+    let out = tool("healthwait")
+        .args(["--url", &server.url()])
+        .env("HEALTHWAIT_TIMEOUT", "soon")
+        .run();
+    out.code(2)
+        .stderr_has("HEALTHWAIT_TIMEOUT: 'soon' is not a duration");
+}
+
+#[test]
 fn body_and_headers_are_checked() {
     let server = StubServer::start(|req| {
         let ok = req.header("host") == Some("app.example.com");
