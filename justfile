@@ -53,6 +53,7 @@ push:
 # FRONTEND_IMAGE and APP_URL name the services and the final check. The frontend owns the host
 # ports, so it is recreated (a short gap) unless FRONTEND_STRATEGY=nginx swaps it behind an edge
 # nginx (FRONTEND_UPSTREAM_FILE, FRONTEND_NGINX_CONTAINER, FRONTEND_UPSTREAM): no gap at all.
+# FRONTEND_HEALTH_PATH, FRONTEND_PORT: its health check (else its image's HEALTHCHECK).
 # Deploy on the server: snapshot → swap backend → healthwait → swap frontend → final health → clean old images → notify; restore on failure
 deploy:
     #!/usr/bin/env bash
@@ -72,13 +73,22 @@ deploy:
     stage 02-swap-backend swap --service "${BACKEND:-backend}"
     stage 03-health healthwait
     if [ -n "${FRONTEND_IMAGE:-}" ]; then
-      stage 04-swap-frontend env -u SWAP_IMAGE -u SWAP_STRATEGY -u SWAP_UPSTREAM_FILE \
-          -u SWAP_UPSTREAM -u SWAP_NGINX_CONTAINER -u SWAP_SERVICE_URL \
+      # The backend's SWAP_* settings are the backend's: only these are shared.
+      backend_only=()
+      for v in $(compgen -e SWAP_ || true); do
+        case $v in
+          SWAP_LOCK_DIR | SWAP_LOCK_WAIT | SWAP_KEEP | SWAP_PULL | SWAP_DRAIN | SWAP_HEALTH_TIMEOUT) ;;
+          *) backend_only+=(-u "$v") ;;
+        esac
+      done
+      stage 04-swap-frontend env "${backend_only[@]}" \
         swap --service "${FRONTEND:-frontend}" --image "$FRONTEND_IMAGE" \
           --strategy "${FRONTEND_STRATEGY:-recreate}" \
           ${FRONTEND_UPSTREAM_FILE:+--upstream-file "$FRONTEND_UPSTREAM_FILE"} \
           ${FRONTEND_UPSTREAM:+--upstream "$FRONTEND_UPSTREAM"} \
-          ${FRONTEND_NGINX_CONTAINER:+--nginx-container "$FRONTEND_NGINX_CONTAINER"}
+          ${FRONTEND_NGINX_CONTAINER:+--nginx-container "$FRONTEND_NGINX_CONTAINER"} \
+          ${FRONTEND_HEALTH_PATH:+--health-path "$FRONTEND_HEALTH_PATH"} \
+          ${FRONTEND_PORT:+--port "$FRONTEND_PORT"}
     fi
     if [ -n "${APP_URL:-}" ]; then stage 05-final-health healthwait --url "$APP_URL"; fi
     # Images of the services' repositories that no container uses and no kept snapshot needs.

@@ -84,6 +84,29 @@ fn a_usage_error_names_the_flag_on_one_line_and_exits_2() {
         .stderr_has("invalid value 'pdf' for '--generate <WHAT>'");
 }
 
+/// Whether `word` occurs in `text` as a whole name (not part of a longer NAME_LIKE_THIS).
+fn whole_word(text: &str, word: &str) -> bool {
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(i, m)| {
+        !text[..i].chars().next_back().is_some_and(name)
+            && !text[i + m.len()..].chars().next().is_some_and(name)
+    })
+}
+
+/// Whether shell text uses `$KEY` or `${KEY…}` (the whole name).
+fn uses_var(text: &str, key: &str) -> bool {
+    let braced = ["}", ":", "-", "+", "?", "="]
+        .iter()
+        .any(|end| text.contains(&format!("${{{key}{end}")));
+    let bare = text.match_indices(&format!("${key}")).any(|(i, m)| {
+        !text[i + m.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    braced || bare
+}
+
 #[test]
 fn every_setting_of_the_example_deploy_env_is_read_by_a_tool_or_the_justfile() {
     let root = testkit::root();
@@ -100,13 +123,34 @@ fn every_setting_of_the_example_deploy_env_is_read_by_a_tool_or_the_justfile() {
         .collect();
     assert!(keys.len() >= 10, "{keys:?}");
     for key in keys {
-        // A variable a tool reads shows in its --help as [env: KEY=] (or [env: KEY] when its
-        // value is hidden); the recipe's own as $KEY.
-        let read = known.contains(&format!("[env: {key}="))
-            || known.contains(&format!("[env: {key}]"))
-            || justfile.contains(&format!("${{{key}"))
-            || justfile.contains(&format!("${key}"))
+        // A variable a tool reads is named in its --help ([env: KEY=], or in the text when the
+        // tool reads it itself); the recipe's own shows as $KEY or ${KEY…}; a token as ${KEY}
+        // inside a notify URL of the example. Whole names only: a typo must not pass as a prefix.
+        let read = whole_word(&known, key)
+            || uses_var(&justfile, key)
             || example.contains(&format!("${{{key}}}"));
         assert!(read, "examples/deploy.env sets {key}, which nothing reads");
     }
+}
+
+#[test]
+fn the_example_deploy_env_keeps_the_notify_token_a_reference_when_just_loads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        testkit::root().join("examples/deploy.env"),
+        dir.path().join(".env"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("justfile"),
+        "set dotenv-load := true\nshow:\n    @echo \"$NOTIFY_URLS|$TELEGRAM_TOKEN\"\n",
+    )
+    .unwrap();
+    let out = shell(&format!("cd {} && just show", dir.path().display()));
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "tgram://${TELEGRAM_TOKEN}/-1001234567890|123456789:replace-me",
+        "notify must get ${{TELEGRAM_TOKEN}} to expand, not an empty token"
+    );
 }

@@ -335,13 +335,15 @@ fn just_deploy_of_two_services_rolls_both_back_the_way_each_moved_with_no_failed
 
     // The deploy's settings, in the deploy directory's .env as on a server (examples/deploy.env).
     // RESTORE_STRATEGY=alias is wrong for both services: the record knows better, and wins.
+    // SWAP_CONTAINER is the backend's: it must not make the frontend's swap replace it.
     std::fs::write(
         dir.path().join(".env"),
         format!(
             "BACKEND={backend}\nSWAP_STRATEGY=recreate\nSWAP_HEALTH_PATH=/health\n\
              SWAP_DRAIN=300ms\nRESTORE_HEALTH_PATH=/health\nRESTORE_STRATEGY=alias\n\
              FRONTEND={front}\nFRONTEND_STRATEGY=nginx\nFRONTEND_UPSTREAM_FILE={}\n\
-             FRONTEND_NGINX_CONTAINER={edge}\nAPP_URL=http://127.0.0.1:9/health\n\
+             FRONTEND_NGINX_CONTAINER={edge}\nFRONTEND_HEALTH_PATH=/health\n\
+             SWAP_CONTAINER={backend}\nAPP_URL=http://127.0.0.1:9/health\n\
              HEALTHWAIT_TIMEOUT=2s\nDEPLOY_STATE={}/state\n",
             upstream.display(),
             dir.path().display()
