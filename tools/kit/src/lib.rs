@@ -271,6 +271,17 @@ fn finish(record: &Record, exit: Exit) -> ExitCode {
     exit.into()
 }
 
+/// Whether a long flag (`--strategy`) was typed on the command line, as `--strategy X` or
+/// `--strategy=X`, rather than coming from its environment variable: for a tool that lets
+/// what it knows better (the record) win over settings, but never over what was typed.
+pub fn given_on_command_line(long: &str) -> bool {
+    let with_value = format!("{long}=");
+    std::env::args_os().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == long || a.starts_with(&with_value))
+    })
+}
+
 /// Parses a human duration for a flag: `500ms`, `2s`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();

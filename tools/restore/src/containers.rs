@@ -257,7 +257,18 @@ fn swap_of<'r>(record: &'r Record, service: &str) -> Result<Option<(&'r Value, S
         );
     }
     for (swap, at) in found {
-        if text(swap, &at, "service")?.as_deref() == Some(service) {
+        if text(swap, &at, "service")?.as_deref() != Some(service) {
+            continue;
+        }
+        // Only a swap that moved traffic tells how to move it back: not a dry run, and not
+        // one that failed before its switch (then an earlier swap of the service may).
+        let dry_run = swap.get("dry_run").and_then(Value::as_bool) == Some(true);
+        let moved = match text(swap, &at, "strategy")?.as_deref() {
+            Some("recreate") => true,
+            Some("nginx" | "alias") => swap.get("switch").is_some_and(Value::is_object),
+            _ => false,
+        };
+        if moved && !dry_run {
             return Ok(Some((swap, at)));
         }
     }
@@ -279,11 +290,13 @@ fn text(swap: &Value, at: &str, path: &str) -> Result<Option<String>> {
     }
 }
 
-/// How traffic moves for this service: what swap did for it earlier in this deploy (the
-/// record's `swap` or `swap.earlier`: exact, per service), else `recreate` for a container that
-/// owns host ports (nothing else can move it), else the flags. The flags apply to every
-/// container restored, so they come last: `RESTORE_UPSTREAM_FILE` for the backend must never
-/// be used for a frontend the record knows better.
+/// How traffic moves for this service. What was typed (`--strategy`, `--upstream-file`) wins;
+/// then what swap did for this service earlier in this deploy (the record's `swap` or
+/// `swap.earlier`: exact, per service); then `recreate` for a container that owns host ports
+/// (nothing else can move it); then the settings (`RESTORE_*`). Settings apply to every
+/// container restored, so they come last: the backend's `RESTORE_UPSTREAM_FILE` must never be
+/// used for a frontend the record knows better, and when they do decide, the upstream must
+/// point at the service's live container or nothing is changed.
 fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap::Strategy> {
     use crate::StrategyName as S;
     let swapped = swap_of(record, &entry.service)?;
@@ -293,34 +306,52 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
             None => Ok(None),
         }
     };
-    let recorded = field("strategy")?;
-    let host_ports = !swap_host_ports(&entry.inspect).is_empty();
-    let name = match (recorded.as_deref(), args.strategy, &args.upstream_file) {
-        (Some("nginx"), ..) => S::Nginx,
-        (Some("alias"), ..) => S::Alias,
-        (Some("recreate"), ..) => S::Recreate,
-        _ if host_ports => S::Recreate,
-        (_, Some(s), _) => s,
-        (_, None, Some(_)) => S::Nginx,
-        _ => {
-            return Err(Error::input(
-                "--strategy",
-                format!(
-                    "how does traffic reach {}? pass --strategy nginx --upstream-file PATH, \
-                     --strategy alias, or --strategy recreate (nothing was changed)",
-                    entry.service
-                ),
-            ))
-        }
+    let recorded = match field("strategy")?.as_deref() {
+        Some("nginx") => Some(S::Nginx),
+        Some("alias") => Some(S::Alias),
+        Some("recreate") => Some(S::Recreate),
+        _ => None,
     };
-    // The record's switch for a service it swapped; the flags otherwise.
-    let from_flags = recorded.is_none();
-    let pick = |flag: &Option<String>, path: &str| -> Result<Option<String>> {
-        match field(path)? {
-            Some(v) => Ok(Some(v)),
-            None if from_flags => Ok(flag.clone()),
-            None => Ok(None),
+    let typed =
+        kit::given_on_command_line("--strategy") || kit::given_on_command_line("--upstream-file");
+    let from_flags = || match (args.strategy, &args.upstream_file) {
+        (Some(s), _) => Ok(s),
+        (None, Some(_)) => Ok(S::Nginx),
+        (None, None) => Err(Error::input(
+            "--strategy",
+            format!(
+                "how does traffic reach {}? pass --strategy nginx --upstream-file PATH, \
+                 --strategy alias, or --strategy recreate (nothing was changed)",
+                entry.service
+            ),
+        )),
+    };
+    let host_ports = !swap_host_ports(&entry.inspect).is_empty();
+    let (name, flags_decide) = match recorded {
+        _ if typed => (from_flags()?, true),
+        Some(r) => {
+            if args.strategy.is_some() || args.upstream_file.is_some() {
+                kit::log::info(&format!(
+                    "{}: moved back the way its swap moved it ({}); the --strategy and \
+                     --upstream-file settings are for services this deploy did not swap",
+                    entry.service,
+                    field("strategy")?.unwrap_or_default()
+                ));
+            }
+            (r, false)
         }
+        None if host_ports => (S::Recreate, false),
+        None => (from_flags()?, true),
+    };
+    // The flags first when they decided (the record fills what they leave out); the record's
+    // switch alone when it did.
+    let pick = |flag: &Option<String>, path: &str| -> Result<Option<String>> {
+        let recorded = field(path)?;
+        Ok(if flags_decide {
+            flag.clone().or(recorded)
+        } else {
+            recorded
+        })
     };
     Ok(match name {
         S::Nginx => {
@@ -342,16 +373,17 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
             })?;
             let mut n = swap::Nginx::new(std::path::PathBuf::from(file));
             n.upstream = pick(&args.upstream, "switch.upstream")?;
-            n.container = match field("switch.nginx")? {
-                Some(s) => s.strip_prefix("container ").map(str::to_string),
-                None if from_flags => args.nginx_container.clone(),
-                None => None,
-            };
-            n.service_url = if from_flags {
-                args.service_url.clone()
+            let recorded_nginx = field("switch.nginx")?
+                .and_then(|s| s.strip_prefix("container ").map(str::to_string));
+            n.container = if flags_decide {
+                args.nginx_container.clone().or(recorded_nginx)
             } else {
-                None
+                recorded_nginx
             };
+            if flags_decide {
+                n.service_url.clone_from(&args.service_url);
+            }
+            n.must_point_at_old = flags_decide && !typed;
             swap::Strategy::Nginx(n)
         }
         S::Alias => {
@@ -470,4 +502,58 @@ pub fn dry_run(engine: &Engine, planned: &[Planned], args: &Args) -> Result<Vec<
 fn short(id: &str) -> &str {
     let id = id.trim_start_matches("sha256:");
     &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(v: serde_json::Value) -> Record {
+        Record::parse(&v.to_string()).unwrap()
+    }
+
+    fn found(r: &Record, service: &str) -> Option<String> {
+        swap_of(r, service).unwrap().map(|(_, at)| at)
+    }
+
+    #[test]
+    fn each_service_is_found_in_its_own_swap_newest_first() {
+        let nginx = |service: &str, file: &str| {
+            serde_json::json!({"service": service, "strategy": "nginx", "dry_run": false,
+                               "switch": {"upstream_file": file}})
+        };
+        let mut last = nginx("backend", "/b2.conf");
+        last["earlier"] = serde_json::json!([
+            nginx("backend", "/b1.conf"),
+            {"service": "frontend", "strategy": "recreate", "dry_run": false},
+        ]);
+        let r = record(serde_json::json!({"swap": last}));
+        assert_eq!(found(&r, "backend").as_deref(), Some("swap"));
+        assert_eq!(found(&r, "frontend").as_deref(), Some("swap.earlier.1"));
+        assert_eq!(found(&r, "worker"), None);
+    }
+
+    #[test]
+    fn a_swap_that_moved_nothing_is_skipped_for_an_earlier_one() {
+        let r = record(serde_json::json!({"swap": {
+        // Failed before its switch: no `switch`.
+        "service": "backend", "strategy": "nginx", "dry_run": false,
+        "earlier": [
+            {"service": "backend", "strategy": "nginx", "dry_run": true,
+             "switch": {"upstream_file": "/dry.conf"}},
+            {"service": "backend", "strategy": "nginx", "dry_run": false,
+             "switch": {"upstream_file": "/b.conf"}},
+        ]}}));
+        assert_eq!(found(&r, "backend").as_deref(), Some("swap.earlier.1"));
+    }
+
+    #[test]
+    fn wrong_types_are_bad_input_naming_the_field() {
+        let r = record(serde_json::json!({"swap": {"service": "b", "earlier": {"x": 1}}}));
+        let err = swap_of(&r, "b").unwrap_err().to_string();
+        assert!(err.starts_with("swap.earlier: expected an array"), "{err}");
+        let r = record(serde_json::json!({"swap": {"service": 7}}));
+        let err = swap_of(&r, "b").unwrap_err().to_string();
+        assert!(err.starts_with("swap.service: expected a string"), "{err}");
+    }
 }

@@ -296,6 +296,29 @@ fn behind_nginx_the_rollback_drops_no_request() {
     assert!(std::fs::read_to_string(&upstream)
         .unwrap()
         .contains(&format!("server {}:8000;", testkit::ip_of(&svc, &net))));
+
+    // Settings name this service's upstream; a restore of another service by hand must not
+    // point it there: refused, nothing changed, the site still serves.
+    let other = run_app(&mut cleanup, &net, "dkt/app:v1", &[]);
+    d.snapshot(&["--service", &other]).code(0);
+    redeploy(&other, &net, "dkt/app:v2");
+    let before = std::fs::read_to_string(&upstream).unwrap();
+    let out = tool("restore")
+        .args(["--dir", &d.dir.display().to_string(), "--latest"])
+        .args([
+            "--service",
+            &other,
+            "--lock-dir",
+            &locks.display().to_string(),
+        ])
+        .env("RESTORE_UPSTREAM_FILE", &upstream)
+        .env("RESTORE_UPSTREAM", "backend")
+        .env("RESTORE_NGINX_CONTAINER", &nginx)
+        .run();
+    out.code(1)
+        .stderr_has("it is not this service's upstream; nothing was changed");
+    assert_eq!(std::fs::read_to_string(&upstream).unwrap(), before);
+    assert_eq!(version().as_deref(), Some(v1.as_str()));
 }
 
 #[test]

@@ -135,6 +135,9 @@ pub struct Nginx {
     pub container: Option<String>,
     /// The service's URL through nginx (`http://127.0.0.1:8080`), recorded as the health URL.
     pub service_url: Option<String>,
+    /// Refuse (nothing changed) when the upstream does not point at the live container: the
+    /// file may be another service's (restore's settings apply to every container).
+    pub must_point_at_old: bool,
 }
 
 impl Nginx {
@@ -144,6 +147,7 @@ impl Nginx {
             upstream: None,
             container: None,
             service_url: None,
+            must_point_at_old: false,
         }
     }
 }

@@ -564,6 +564,20 @@ impl Swap<'_> {
                 .iter()
                 .any(|s| ips.iter().any(|ip| *s == format!("{ip}:{port}")))
             {
+                if n.must_point_at_old {
+                    return Err(Error::step(
+                        "preflight",
+                        format!(
+                            "{} points at {}, not at {} ({}:{port}): it is not this service's \
+                             upstream; nothing was changed (name this service's own \
+                             --upstream-file, or restore it with --service)",
+                            n.upstream_file.display(),
+                            servers.join(", "),
+                            self.req.container,
+                            ips.join(", ")
+                        ),
+                    ));
+                }
                 log::warn(&format!(
                     "{} points at {} rather than {}'s address ({}:{port}); swap replaces it",
                     n.upstream_file.display(),
