@@ -90,7 +90,13 @@ fn swapped_services(record: &Record) -> Option<String> {
         .filter_map(|s| field(s, "service"))
         .collect();
     names.extend(text(record, "swap.service"));
-    names.dedup();
+    // Each once, in the order first swapped (backend swapped twice is still "backend").
+    let mut seen = Vec::new();
+    names.retain(|n| {
+        let first = !seen.contains(n);
+        seen.push(n.clone());
+        first
+    });
     (!names.is_empty()).then(|| names.join(", "))
 }
 
@@ -149,12 +155,18 @@ impl Summary {
             .or_else(|| pushed.first().and_then(|p| field(p, "tag")))
             .or_else(|| text(record, "img-push.tags.0"))
             .or_else(|| text(record, "img-build.tags.0"));
-        let digest = pushed
-            .iter()
-            .find(|p| image.is_some() && field(p, "tag") == image)
-            .or(pushed.first())
-            .and_then(|p| field(p, "digest"))
-            .or_else(|| text(record, "img-push.digest"));
+        // The digest of the image shown, never another's (a frontend's image with the
+        // backend's digest would mislead).
+        let digest = match &image {
+            Some(shown) => pushed
+                .iter()
+                .find(|p| field(p, "tag").as_ref() == Some(shown))
+                .and_then(|p| field(p, "digest")),
+            None => pushed
+                .first()
+                .and_then(|p| field(p, "digest"))
+                .or_else(|| text(record, "img-push.digest")),
+        };
         let service = overrides
             .service
             .or_else(|| swapped_services(record))
@@ -495,6 +507,19 @@ mod tests {
             "swap": {"service": "frontend", "image": "web:2",
                      "earlier": [{"service": "backend", "image": "api:2"}]}}));
         assert_eq!(s.title, "✅ backend, frontend deployed");
+        let s = summary(json!({"version": 1,
+            "img-push": {"pushed": [{"tag": "api:2", "digest": "sha256:0b1e0b1e0b1e0b1e0b1e"}]},
+            "swap": {"service": "backend", "image": "api:2",
+                     "earlier": [{"service": "backend"}, {"service": "frontend"}]}}));
+        assert_eq!(s.title, "✅ backend, frontend deployed");
+        assert!(s.digest.is_some());
+        let s = summary(json!({"version": 1,
+            "img-push": {"pushed": [{"tag": "api:2", "digest": "sha256:0b1e0b1e0b1e0b1e0b1e"}]},
+            "swap": {"service": "frontend", "image": "web:2"}}));
+        assert_eq!(
+            s.digest, None,
+            "the frontend's image is shown without the backend's digest"
+        );
     }
 
     #[test]
