@@ -387,6 +387,40 @@ pub fn build_image(cleanup: &mut Cleanup, tag: &str, dockerfile: &str) -> String
     docker(&["image", "inspect", "-f", "{{.Id}}", tag])
 }
 
+/// A real nginx (dkt/nginx) named `name` on `net`, proxying `/` to the upstream `upstream`,
+/// whose one server `server` (`IP:PORT`) is written in `<conf>/upstream-<upstream>.conf`:
+/// `conf` is mounted as its conf.d, a directory as swap's nginx strategy needs. Returns the
+/// upstream file. `extra` are further `docker run` flags (an env, a label).
+pub fn nginx_proxy(
+    name: &str,
+    net: &str,
+    conf: &Path,
+    upstream: &str,
+    server: &str,
+    extra: &[&str],
+) -> PathBuf {
+    std::fs::create_dir_all(conf).expect("conf dir");
+    let file = conf.join(format!("upstream-{upstream}.conf"));
+    std::fs::write(
+        &file,
+        format!("upstream {upstream} {{\n    server {server};\n}}\n"),
+    )
+    .expect("upstream file");
+    std::fs::write(
+        conf.join("site.conf"),
+        format!(
+            "server {{\n    listen 80;\n    location / {{\n        proxy_pass http://{upstream};\n    }}\n}}\n"
+        ),
+    )
+    .expect("site.conf");
+    let mount = format!("{}:/etc/nginx/conf.d", conf.display());
+    let mut args = vec!["-v", mount.as_str()];
+    args.extend_from_slice(extra);
+    args.push("dkt/nginx:latest");
+    run_container(name, net, &args);
+    file
+}
+
 /// A container's IP address on a Docker network the test made.
 pub fn ip_of(container: &str, net: &str) -> String {
     docker(&[

@@ -308,24 +308,14 @@ fn just_deploy_of_two_services_rolls_both_back_the_way_each_moved_with_no_failed
 
     // The edge nginx owns the traffic; the frontend is swapped behind it.
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("edge");
-    std::fs::create_dir(&conf).unwrap();
-    let upstream = conf.join("upstream-front.conf");
-    std::fs::write(
-        &upstream,
-        format!(
-            "upstream {front} {{\n    server {}:8000;\n}}\n",
-            testkit::ip_of(&front, &net)
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        conf.join("site.conf"),
-        format!("server {{\n    listen 80;\n    location / {{ proxy_pass http://{front}; }}\n}}\n"),
-    )
-    .unwrap();
-    let mount = format!("{}:/etc/nginx/conf.d", conf.display());
-    testkit::run_container(&edge, &net, &["-v", &mount, "dkt/nginx:latest"]);
+    let upstream = testkit::nginx_proxy(
+        &edge,
+        &net,
+        &dir.path().join("edge"),
+        &front,
+        &format!("{}:8000", testkit::ip_of(&front, &net)),
+        &[],
+    );
     let url = format!("http://{}:80/version", testkit::ip_of(&edge, &net));
     assert!(testkit::eventually(
         std::time::Duration::from_secs(10),

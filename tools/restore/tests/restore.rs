@@ -215,27 +215,13 @@ fn a_failed_check_after_a_good_swap_moves_traffic_back_the_way_swap_moved_it() {
 fn behind_nginx_the_rollback_drops_no_request() {
     let (d, mut cleanup, net, svc) = site();
     let nginx = cleanup.container(&unique("nginx"));
-    let conf = d.path("nginx-conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let upstream = conf.join("upstream-backend.conf");
-    std::fs::write(
-        &upstream,
-        format!(
-            "upstream backend {{\n    server {}:8000;\n}}\n",
-            testkit::ip_of(&svc, &net)
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        conf.join("site.conf"),
-        "server {\n    listen 80;\n    location / {\n        proxy_pass http://backend;\n    }\n}\n",
-    )
-    .unwrap();
-    deploy::run_named(
+    let upstream = testkit::nginx_proxy(
         &nginx,
         &net,
-        "dkt/nginx:latest",
-        &["-v", &format!("{}:/etc/nginx/conf.d", conf.display())],
+        &d.path("nginx-conf"),
+        "backend",
+        &format!("{}:8000", testkit::ip_of(&svc, &net)),
+        &["-e", "APP_SECRET_SETTING=hunter2-Sentinel-7f3e"],
     );
     let url = format!("http://{}:80/version", testkit::ip_of(&nginx, &net));
     let version = move || {

@@ -48,7 +48,7 @@ impl Site {
         let backend = cleanup.container(&unique("backend"));
         let nginx = cleanup.container(&unique("nginx"));
         let dir = std::env::temp_dir().join(unique("swap-nginx"));
-        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
         cleanup.dir(&dir);
         let upstream_server = if run_backend {
             run_app(
@@ -61,18 +61,14 @@ impl Site {
             // Nothing deployed yet: a placeholder nginx accepts.
             "127.0.0.1:9".to_string()
         };
-        std::fs::write(
-            dir.join("conf.d/upstream-backend.conf"),
-            format!("upstream backend {{\n    server {upstream_server};\n}}\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("conf.d/site.conf"),
-            "server {\n    listen 80;\n    location / {\n        proxy_pass http://backend;\n    }\n}\n",
-        )
-        .unwrap();
-        let conf = format!("{}:/etc/nginx/conf.d", dir.join("conf.d").display());
-        run_app(&nginx, &net, &["-v", &conf, "dkt/nginx:latest"]);
+        testkit::nginx_proxy(
+            &nginx,
+            &net,
+            &dir.join("conf.d"),
+            "backend",
+            &upstream_server,
+            &[],
+        );
         let site = Site {
             _cleanup: cleanup,
             net,
