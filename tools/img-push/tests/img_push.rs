@@ -12,7 +12,9 @@ fn image(c: &mut Cleanup, registry: &str, tags: &[&str]) -> Vec<String> {
     let repo = format!("{registry}/{}", unique("push"));
     std::fs::write(
         dir.path().join("Dockerfile"),
-        format!("FROM dkt/busybox:latest\nLABEL {LABEL}\nRUN echo {repo} > /id\n"),
+        // The first step already its own: tests run at once, and one whose cleanup removes an
+        // intermediate image another is building on (the legacy builder's cache) breaks it.
+        format!("FROM dkt/busybox:latest\nLABEL {LABEL} io.deploykit.test.repo={repo}\nRUN echo {repo} > /id\n"),
     )
     .expect("Dockerfile");
     let refs: Vec<String> = tags
