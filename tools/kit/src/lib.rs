@@ -201,15 +201,14 @@ fn usage_error<T: Tool>(err: clap::Error) -> ExitCode {
 /// reports a bad or missing WHAT.
 fn generate_request() -> Option<Generate> {
     use clap::ValueEnum;
-    // args_os: an argument that is not UTF-8 (a file name) must not panic here.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let value = args.iter().enumerate().find_map(|(i, a)| {
-        let a = a.to_str()?;
-        match a {
-            "--generate" => args.get(i + 1)?.to_str(),
+    let args = typed_args();
+    let value = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.as_str() {
+            "--generate" => args.get(i + 1).map(String::as_str),
             _ => a.strip_prefix("--generate="),
-        }
-    })?;
+        })?;
     Generate::from_str(value, false).ok()
 }
 
@@ -276,10 +275,18 @@ fn finish(record: &Record, exit: Exit) -> ExitCode {
 /// what it knows better (the record) win over settings, but never over what was typed.
 pub fn given_on_command_line(long: &str) -> bool {
     let with_value = format!("{long}=");
-    std::env::args_os().skip(1).any(|a| {
-        a.to_str()
-            .is_some_and(|a| a == long || a.starts_with(&with_value))
-    })
+    typed_args()
+        .iter()
+        .any(|a| a == long || a.starts_with(&with_value))
+}
+
+/// The arguments as typed, in order. One that is not UTF-8 (a file name) comes lossily
+/// converted: it can never equal a flag, and reading it never panics (`std::env::args` would).
+pub fn typed_args() -> Vec<String> {
+    std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Parses a human duration for a flag: `500ms`, `2s`, `1m30s`; a bare number is seconds.

@@ -366,7 +366,7 @@ fn record_arrived(record: &Record) -> bool {
 
 /// Whether `url` was typed as an argument (rather than read from NOTIFY_URLS or `${VAR}`).
 fn on_command_line(url: &str) -> bool {
-    std::env::args().any(|a| a.contains(url))
+    kit::typed_args().iter().any(|a| a.contains(url))
 }
 
 /// Sends to every channel at once, each on its own thread within `timeout`; a channel still
