@@ -176,12 +176,7 @@ pub fn prune(
     // Oldest first, so the log reads in the order the images were made.
     let mut ours: BTreeMap<(i64, String), Image> = BTreeMap::new();
     for image in images {
-        let tags: Vec<String> = image
-            .repo_tags
-            .iter()
-            .filter(|t| Reference::parse(t).is_ok_and(|r| repositories.contains(&canonical(&r))))
-            .cloned()
-            .collect();
+        let tags = tags_in(&image.repo_tags, &repositories);
         if tags.is_empty() {
             continue;
         }
@@ -296,14 +291,18 @@ fn remove_tags(engine: &Engine, tags: &[String]) -> std::result::Result<bool, Re
 /// The tags of `id` in the cleaned repositories now (after a refusal), if it can be inspected.
 fn tags_left(engine: &Engine, id: &str, repositories: &[String]) -> Option<Vec<String>> {
     let inspect = engine.block(engine.docker.inspect_image(id)).ok()?;
-    Some(
-        inspect
-            .repo_tags
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| Reference::parse(t).is_ok_and(|r| repositories.contains(&canonical(&r))))
-            .collect(),
-    )
+    Some(tags_in(
+        &inspect.repo_tags.unwrap_or_default(),
+        repositories,
+    ))
+}
+
+/// The tags among `tags` that are of the cleaned repositories.
+fn tags_in(tags: &[String], repositories: &[String]) -> Vec<String> {
+    tags.iter()
+        .filter(|t| Reference::parse(t).is_ok_and(|r| repositories.contains(&canonical(&r))))
+        .cloned()
+        .collect()
 }
 
 /// `12.3 MiB`.
