@@ -7,8 +7,10 @@
 
 use std::future::Future;
 
-use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
+use bollard::models::{ContainerInspectResponse, HostConfig, ImageInspect};
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, InspectContainerOptions, LogsOptionsBuilder, TopOptionsBuilder,
+};
 use bollard::Docker;
 use futures_util::StreamExt;
 
@@ -70,6 +72,51 @@ impl Engine {
         }
     }
 
+    /// Inspects an image (a tag, a digest reference or an id); `Ok(None)` when the engine does
+    /// not have it.
+    pub fn image(&self, reference: &str, step: &str) -> Result<Option<ImageInspect>> {
+        match self.block(self.docker.inspect_image(reference)) {
+            Ok(i) => Ok(Some(i)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(Error::docker(step, format!("inspect image {reference}"), e)),
+        }
+    }
+
+    /// Pulls an image as `docker pull` would: with the user's credentials for its registry
+    /// from the docker config ([`crate::registry::from_docker_config`]). Fails on any error the
+    /// engine reports, including one inside its progress stream.
+    pub fn pull(&self, reference: &str, step: &str) -> Result<()> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(reference)
+            .build();
+        let credentials = crate::image::Reference::parse(reference)
+            .ok()
+            .and_then(|r| crate::registry::from_docker_config(&r));
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        self.block(async {
+            while let Some(item) = stream.next().await {
+                item.map_err(|e| Error::docker(step, format!("pull {reference}"), e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The processes of a running container, as `docker top` lists them.
+    pub fn processes(&self, container: &str, step: &str) -> Result<Vec<Process>> {
+        let top = self
+            .block(
+                self.docker
+                    .top_processes(container, Some(TopOptionsBuilder::default().build())),
+            )
+            .map_err(|e| Error::docker(step, format!("list the processes of {container}"), e))?;
+        Ok(parse_top(
+            &top.titles.unwrap_or_default(),
+            &top.processes.unwrap_or_default(),
+        ))
+    }
+
     /// The last `n` lines a container wrote (stdout and stderr), for failure reports.
     pub fn last_logs(&self, name: &str, n: usize) -> Vec<String> {
         let options = LogsOptionsBuilder::default()
@@ -89,6 +136,67 @@ impl Engine {
         });
         text.lines().map(str::to_string).collect()
     }
+}
+
+/// One process of a container (`docker top`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    /// The parent's pid, when `ps` reported it.
+    pub ppid: Option<u32>,
+    pub cmd: String,
+}
+
+/// `docker top`'s table (its columns depend on the engine's `ps`): PID, PPID and CMD (or
+/// COMMAND) by their titles. Rows without a readable pid are left out.
+fn parse_top(titles: &[String], rows: &[Vec<String>]) -> Vec<Process> {
+    let col = |t: &str| titles.iter().position(|x| x == t);
+    let (Some(pid), Some(cmd)) = (col("PID"), col("CMD").or_else(|| col("COMMAND"))) else {
+        return Vec::new();
+    };
+    let ppid = col("PPID");
+    rows.iter()
+        .filter_map(|row| {
+            Some(Process {
+                pid: row.get(pid)?.parse().ok()?,
+                ppid: ppid.and_then(|i| row.get(i)?.parse().ok()),
+                cmd: row.get(cmd).cloned().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The short form of a container or image id people read: 12 hex characters, without
+/// `sha256:` (what `docker ps` and `docker images` show).
+pub fn short_id(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    &id[..id.len().min(12)]
+}
+
+/// The host ports a container binds, as `docker ps` shows them (`0.0.0.0:8080->80/tcp`),
+/// sorted; `network_mode: host` counts as binding the host's network.
+pub fn host_ports(hc: Option<&HostConfig>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(map) = hc.and_then(|h| h.port_bindings.as_ref()) {
+        for (port, bindings) in map {
+            for b in bindings.iter().flatten() {
+                let ip = b
+                    .host_ip
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("0.0.0.0");
+                let hp = b.host_port.as_deref().unwrap_or("");
+                if !hp.is_empty() {
+                    out.push(format!("{ip}:{hp}->{port}"));
+                }
+            }
+        }
+    }
+    if hc.and_then(|h| h.network_mode.as_deref()) == Some("host") {
+        out.push("the host's network (network_mode host)".into());
+    }
+    out.sort();
+    out
 }
 
 /// The container's health log as lines (`exit 1: connection refused`), oldest first.
@@ -126,5 +234,104 @@ pub fn report_failed_container(engine: &Engine, name: &str) {
         if !health.is_empty() {
             crate::log::block(&format!("health log of {name}:"), &health, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn top_is_read_by_its_titles() {
+        let titles = strings(&["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]);
+        let rows = vec![
+            strings(&[
+                "root",
+                "4242",
+                "4200",
+                "0",
+                "10:00",
+                "?",
+                "00:00:00",
+                "nginx: master process nginx",
+            ]),
+            strings(&[
+                "101",
+                "4250",
+                "4242",
+                "0",
+                "10:00",
+                "?",
+                "00:00:00",
+                "nginx: worker process",
+            ]),
+            strings(&["101", "x", "4242", "0", "10:00", "?", "00:00:00", "broken"]),
+        ];
+        let ps = parse_top(&titles, &rows);
+        assert_eq!(ps.len(), 2);
+        assert_eq!(
+            ps[1],
+            Process {
+                pid: 4250,
+                ppid: Some(4242),
+                cmd: "nginx: worker process".into()
+            }
+        );
+        // busybox's ps: PID and COMMAND, no PPID.
+        let ps = parse_top(
+            &strings(&["PID", "USER", "COMMAND"]),
+            &[strings(&["7", "root", "httpd -f"])],
+        );
+        assert_eq!(
+            ps,
+            vec![Process {
+                pid: 7,
+                ppid: None,
+                cmd: "httpd -f".into()
+            }]
+        );
+        assert!(parse_top(&strings(&["USER"]), &[strings(&["root"])]).is_empty());
+    }
+
+    #[test]
+    fn short_ids_are_twelve_characters_without_the_algorithm() {
+        assert_eq!(short_id("sha256:0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+    }
+
+    #[test]
+    fn host_ports_read_like_docker_ps() {
+        use bollard::models::PortBinding;
+        let hc = HostConfig {
+            port_bindings: Some(std::collections::HashMap::from([
+                (
+                    "80/tcp".to_string(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some("8080".into()),
+                    }]),
+                ),
+                (
+                    "9000/tcp".to_string(),
+                    Some(vec![PortBinding {
+                        host_ip: None,
+                        host_port: Some(String::new()),
+                    }]),
+                ),
+            ])),
+            ..Default::default()
+        };
+        assert_eq!(host_ports(Some(&hc)), vec!["127.0.0.1:8080->80/tcp"]);
+        let host = HostConfig {
+            network_mode: Some("host".into()),
+            ..Default::default()
+        };
+        assert_eq!(host_ports(Some(&host)).len(), 1);
+        assert!(host_ports(None).is_empty());
     }
 }

@@ -11,7 +11,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::docker::Engine;
 use crate::error::{Error, Result};
@@ -178,7 +178,7 @@ pub enum Probe {
 }
 
 /// How a wait ended; stored in the record by `healthwait` and `swap`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Outcome {
     pub target: String,
     pub healthy: bool,

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod log;
 pub mod record;
 pub mod registry;
+pub mod signals;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -92,6 +93,13 @@ pub trait Tool: clap::Parser {
 
     fn common(&self) -> &Common;
 
+    /// The command line definition: the derived one, which a tool may adjust (restore reads
+    /// swap's traffic flags from its own `RESTORE_*` variables). `--help`, `--generate` and
+    /// parsing all go through it.
+    fn cli() -> clap::Command {
+        Self::command()
+    }
+
     /// Does the job. Reads what it needs from `record`; may store a partial result under its own
     /// key before returning an error. The returned result is stored under [`Tool::NAME`].
     fn run(self, record: &mut Record) -> Result<Done>;
@@ -113,11 +121,19 @@ pub fn main<T: Tool>() -> ExitCode {
     if let Some(what) = generate_request() {
         return generate::<T>(what);
     }
-    let args = match T::try_parse() {
+    let parsed = T::cli()
+        .try_get_matches()
+        .and_then(|mut matches| T::from_arg_matches_mut(&mut matches));
+    let args = match parsed {
         Ok(args) => args,
         Err(err) => return usage_error::<T>(err),
     };
-    log::init(T::NAME, args.common().quiet, args.common().verbose);
+    log::init(
+        T::NAME,
+        args.common().quiet,
+        args.common().verbose,
+        github::is_actions(),
+    );
 
     // In a pipe every tool starts at once and waits for the record: its step starts when the
     // record has arrived, so `steps[].ms` is the tool's own time, not the pipe's so far.
@@ -176,7 +192,7 @@ fn usage_error<T: Tool>(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return Exit::Success.into();
     }
-    log::init(T::NAME, false, false);
+    log::init(T::NAME, false, false, github::is_actions());
     let rendered = err.render().to_string();
     // clap's first paragraph, on one line: "the following required arguments were not
     // provided: --service <NAME>" names the flag only on its second line.
@@ -215,7 +231,7 @@ fn generate_request() -> Option<Generate> {
 /// `--generate`: the man page or completions, from the same clap definition as `--help`.
 fn generate<T: Tool>(what: Generate) -> ExitCode {
     use clap_complete::Shell;
-    let mut cmd = T::command();
+    let mut cmd = T::cli();
     let mut out = Vec::new();
     let shell = match what {
         Generate::Man => None,
@@ -229,7 +245,7 @@ fn generate<T: Tool>(what: Generate) -> ExitCode {
         Some(shell) => clap_complete::generate(shell, &mut cmd, T::NAME, &mut out),
         None => {
             if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
-                log::init(T::NAME, false, false);
+                log::init(T::NAME, false, false, github::is_actions());
                 log::error(&format!("cannot render the man page: {e}"));
                 return Exit::Failure.into();
             }
@@ -239,7 +255,7 @@ fn generate<T: Tool>(what: Generate) -> ExitCode {
         Ok(()) => Exit::Success.into(),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success.into(),
         Err(e) => {
-            log::init(T::NAME, false, false);
+            log::init(T::NAME, false, false, github::is_actions());
             log::error(&format!("cannot write to stdout: {e}"));
             Exit::Failure.into()
         }

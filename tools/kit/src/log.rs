@@ -17,14 +17,15 @@ struct Logger {
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Set up logging for this process. Called once by [`crate::main`].
-pub fn init(tool: &'static str, quiet: bool, verbose: bool) {
+/// Set up logging for this process. Called once by [`crate::main`]; `github`: the process runs
+/// as a GitHub Actions step (workflow commands are written then).
+pub fn init(tool: &'static str, quiet: bool, verbose: bool, github: bool) {
     let _ = LOGGER.set(Logger {
         tool,
         quiet,
         verbose,
         tty: std::io::stderr().is_terminal(),
-        github: crate::github::is_actions(),
+        github,
     });
 }
 

@@ -38,6 +38,32 @@ pub struct Failure {
     pub at: String,
 }
 
+impl Failure {
+    /// Reads a recorded failure tolerantly: any object is a failure (the deploy failed, which
+    /// is what matters most); a field that is missing or of another type reads as `unknown`
+    /// (`exit` as 1, `at` as empty). `None` for anything but an object.
+    pub fn from_value(v: &Value) -> Option<Failure> {
+        let map = v.as_object()?;
+        let text = |key: &str, default: &str| {
+            map.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string()
+        };
+        Some(Failure {
+            tool: text("tool", "unknown"),
+            step: text("step", "unknown"),
+            error: text("error", "unknown"),
+            exit: map
+                .get("exit")
+                .and_then(Value::as_u64)
+                .and_then(|e| u8::try_from(e).ok())
+                .unwrap_or(1),
+            at: text("at", ""),
+        })
+    }
+}
+
 impl Default for Record {
     fn default() -> Self {
         Record::fresh()
@@ -113,12 +139,8 @@ impl Record {
             }
         }
         if let Some(v) = self.map.get("failure") {
-            if !v.is_null() && serde_json::from_value::<Failure>(v.clone()).is_err() {
-                return Err(wrong_type(
-                    "failure",
-                    "an object with tool, step, error, exit and at",
-                    v,
-                ));
+            if !v.is_null() && !v.is_object() {
+                return Err(wrong_type("failure", "an object", v));
             }
         }
         Ok(())
@@ -126,9 +148,7 @@ impl Record {
 
     /// The upstream failure this record carries, if any.
     pub fn failure(&self) -> Option<Failure> {
-        self.map
-            .get("failure")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        self.map.get("failure").and_then(Failure::from_value)
     }
 
     /// Records that `tool` failed. Replaces an earlier failure only if there is none.
@@ -187,6 +207,16 @@ impl Record {
                 })
                 .collect(),
             Some(other) => Err(wrong_type(path, "an array of strings", other)),
+        }
+    }
+
+    /// A typed value by dotted path (a tool's report read back by another tool); absent or
+    /// null is `None`. A value of the wrong shape is bad input naming the innermost field:
+    /// `swap.earlier.0.switch.upstream: invalid type: integer `3`, expected a string`.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>, Error> {
+        match self.path(path) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => typed(value, path).map(Some),
         }
     }
 
@@ -252,6 +282,19 @@ impl Record {
 
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Reads `value`, found at `path`, as a `T`; an error names the field inside it that is wrong.
+pub fn typed<T: serde::de::DeserializeOwned>(value: &Value, path: &str) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let field = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        Error::input(field, e.into_inner().to_string())
+    })
 }
 
 /// "swap.image: expected a string, got a number".
@@ -323,6 +366,46 @@ mod tests {
             r.string("swap.image").unwrap_err().to_string(),
             "swap.image: expected a string, got a number"
         );
+    }
+
+    #[test]
+    fn typed_reads_name_the_wrong_field() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Switch {
+            #[allow(dead_code)]
+            upstream: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct Swap {
+            #[allow(dead_code)]
+            earlier: Vec<Swap>,
+            #[allow(dead_code)]
+            switch: Option<Switch>,
+        }
+        let r = Record::parse(r#"{"swap":{"earlier":[{"earlier":[],"switch":{"upstream":3}}]}}"#)
+            .unwrap();
+        let err = r.typed::<Swap>("swap").unwrap_err().to_string();
+        assert!(
+            err.starts_with("swap.earlier[0].switch.upstream: invalid type: integer `3`"),
+            "{err}"
+        );
+        assert!(r.typed::<Swap>("nothing").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_odd_failure_still_counts_as_a_failure() {
+        let r = Record::parse(r#"{"failure":{"tool":"swap","error":"boom","exit":"x"}}"#).unwrap();
+        let f = r.failure().expect("a failure");
+        assert_eq!(
+            (f.tool.as_str(), f.step.as_str(), f.error.as_str(), f.exit),
+            ("swap", "unknown", "boom", 1)
+        );
+        let err = Record::parse(r#"{"failure":"boom"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "failure: expected an object, got a string");
+        assert!(Record::parse(r#"{"failure":null}"#)
+            .unwrap()
+            .failure()
+            .is_none());
     }
 
     #[test]

@@ -161,6 +161,22 @@ fn when_the_tool_before_it_dies_without_a_record_the_outcome_is_unknown_not_succ
 }
 
 #[test]
+fn an_odd_failure_is_still_reported_as_a_failure_and_notify_succeeds() {
+    // A hand-made or older record: a failure without `exit`, `at` and `step`.
+    let (sent, out) = notify_after(r#"echo '{"failure":{"tool":"deploy.sh","error":"boom"}}'"#);
+    out.code(0).one_record();
+    assert_eq!(sent["outcome"], "failed");
+    assert_eq!(sent["failure"]["tool"], "deploy.sh");
+    assert_eq!(sent["failure"]["error"], "boom");
+    assert_eq!(out.record["notify"]["deploy"], "failed");
+    assert_eq!(
+        out.record["failure"],
+        json!({"tool": "deploy.sh", "error": "boom"}),
+        "passed on as it came"
+    );
+}
+
+#[test]
 fn a_record_cut_off_mid_write_is_told_as_unknown_and_still_exits_2() {
     // What a tool killed while writing leaves in the pipe: half a record.
     let (sent, out) = notify_after(r#"printf '{"version":1,"steps":[{"tool":"swap",'"#);

@@ -3,14 +3,10 @@
 //! the container from the recorded configuration through swap's engine, with zero downtime
 //! for the nginx and alias strategies.
 
-use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::CreateImageOptionsBuilder;
-use futures_util::StreamExt;
-use kit::docker::Engine;
+use kit::docker::{short_id as short, Engine};
 use kit::health::Outcome;
 use kit::{Error, Record, Result};
 use serde::Serialize;
-use serde_json::Value;
 use snapshot::manifest::ContainerEntry;
 
 use crate::Args;
@@ -64,6 +60,15 @@ pub struct Restored {
 }
 
 impl Restored {
+    /// What swap reports of the recreate, done or failed: the containers before and after,
+    /// and the health.
+    fn fill(&mut self, report: swap::Report) {
+        self.old = report.old.map(|c| c.id);
+        self.new = report.new.map(|c| c.id);
+        self.health = report.health;
+        self.health_url = report.health_url;
+    }
+
     fn of(p: &Planned) -> Restored {
         Restored {
             service: p.entry.service.clone(),
@@ -90,6 +95,7 @@ pub fn plan(
     args: &Args,
     record: &Record,
 ) -> Result<Vec<Planned>> {
+    let swaps = recorded_swaps(record)?;
     let mut out = Vec::new();
     for entry in entries {
         let live = engine.inspect(&entry.name)?;
@@ -114,7 +120,7 @@ pub fn plan(
             continue;
         }
         let (image, pull) = image(engine, entry)?;
-        let strategy = strategy(entry, args, record)?;
+        let strategy = strategy(entry, args, swap_of(&swaps, &entry.service))?;
         out.push(Planned {
             entry: entry.clone(),
             action: Action::Recreated,
@@ -131,17 +137,7 @@ pub fn plan(
 fn image(engine: &Engine, entry: &ContainerEntry) -> Result<(String, Option<String>)> {
     let id = &entry.image.id;
     let present = |reference: &str| -> Result<Option<String>> {
-        match engine.block(engine.docker.inspect_image(reference)) {
-            Ok(i) => Ok(i.id),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(e) => Err(Error::docker(
-                "preflight",
-                format!("inspect image {reference}"),
-                e,
-            )),
-        }
+        Ok(engine.image(reference, "preflight")?.and_then(|i| i.id))
     };
     // Run it by its reference when that still names the recorded image: `docker ps` reads better.
     let name = |reference: &str| -> Result<String> {
@@ -189,33 +185,18 @@ pub fn pull(engine: &Engine, planned: &[Planned]) -> Result<Vec<String>> {
             .collect();
         let mut ok = false;
         for candidate in &candidates {
-            let options = CreateImageOptionsBuilder::default()
-                .from_image(candidate)
-                .build();
-            let credentials = kit::image::Reference::parse(candidate)
-                .ok()
-                .and_then(|r| kit::registry::from_docker_config(&r));
-            let mut stream = engine.docker.create_image(Some(options), None, credentials);
-            let result: std::result::Result<(), bollard::errors::Error> = engine.block(async {
-                while let Some(item) = stream.next().await {
-                    item?;
-                }
-                Ok(())
-            });
-            match result {
+            match engine.pull(candidate, "preflight") {
                 Ok(()) => {
                     ok = true;
                     break;
                 }
-                Err(e) => errors.push(format!(
-                    "{candidate}: {}",
-                    Error::docker("preflight", "pull", e)
-                )),
+                Err(e) => errors.push(format!("{candidate}: {e}")),
             }
         }
         let got = engine
-            .block(engine.docker.inspect_image(&p.entry.image.id))
+            .image(&p.entry.image.id, "preflight")
             .ok()
+            .flatten()
             .and_then(|i| i.id);
         if !ok || got.as_deref() != Some(p.entry.image.id.as_str()) {
             return Err(Error::step(
@@ -238,55 +219,32 @@ pub fn pull(engine: &Engine, planned: &[Planned]) -> Result<Vec<String>> {
     Ok(pulled)
 }
 
-/// The swap of `service` earlier in this deploy: the record's `swap`, or one of the swaps
-/// before it (`swap.earlier`, several services in one deploy); with the record path it is at.
-fn swap_of<'r>(record: &'r Record, service: &str) -> Result<Option<(&'r Value, String)>> {
-    let Some(last) = record.get("swap") else {
-        return Ok(None);
+/// The swaps this deploy made (the record's `swap`, then `swap.earlier`), newest first.
+pub fn recorded_swaps(record: &Record) -> Result<Vec<swap::Report>> {
+    let Some(mut last) = record.typed::<swap::Report>("swap")? else {
+        return Ok(Vec::new());
     };
-    let mut found = vec![(last, "swap".to_string())];
-    if let Some(earlier) = last.get("earlier") {
-        let list = earlier
-            .as_array()
-            .ok_or_else(|| kit::record::wrong_type("swap.earlier", "an array", earlier))?;
-        found.extend(
-            list.iter()
-                .enumerate()
-                .rev()
-                .map(|(i, s)| (s, format!("swap.earlier.{i}"))),
-        );
-    }
-    for (swap, at) in found {
-        if text(swap, &at, "service")?.as_deref() != Some(service) {
-            continue;
-        }
-        // Only a swap that moved traffic tells how to move it back: not a dry run, and not
-        // one that failed before its switch (then an earlier swap of the service may).
-        let dry_run = swap.get("dry_run").and_then(Value::as_bool) == Some(true);
-        let moved = match text(swap, &at, "strategy")?.as_deref() {
-            Some("recreate") => true,
-            Some("nginx" | "alias") => swap.get("switch").is_some_and(Value::is_object),
-            _ => false,
-        };
-        if moved && !dry_run {
-            return Ok(Some((swap, at)));
-        }
-    }
-    Ok(None)
+    let earlier = std::mem::take(&mut last.earlier);
+    Ok(std::iter::once(last)
+        .chain(earlier.into_iter().rev())
+        .collect())
 }
 
-/// A string field of a recorded swap (`switch.upstream_file`); a wrong type is bad input
-/// naming the field.
-fn text(swap: &Value, at: &str, path: &str) -> Result<Option<String>> {
-    let pointer = format!("/{}", path.replace('.', "/"));
-    match swap.pointer(&pointer) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(kit::record::wrong_type(
-            &format!("{at}.{path}"),
-            "a string",
-            other,
-        )),
+/// The swap of `service` that moved its traffic in this deploy, newest first: only such a
+/// swap tells how to move it back (not a dry run, nor one that failed before its switch, when
+/// an earlier swap of the service may have moved it).
+fn swap_of<'s>(swaps: &'s [swap::Report], service: &str) -> Option<&'s swap::Report> {
+    swaps
+        .iter()
+        .find(|s| s.service == service && s.moved_traffic())
+}
+
+/// What the flags say when they decide, else what the record says.
+fn pick<T>(flags_decide: bool, flag: Option<T>, recorded: Option<T>) -> Option<T> {
+    if flags_decide {
+        flag.or(recorded)
+    } else {
+        recorded
     }
 }
 
@@ -297,24 +255,22 @@ fn text(swap: &Value, at: &str, path: &str) -> Result<Option<String>> {
 /// container restored, so they come last: the backend's `RESTORE_UPSTREAM_FILE` must never be
 /// used for a frontend the record knows better, and when they do decide, the upstream must
 /// point at the service's live container or nothing is changed.
-fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap::Strategy> {
-    use crate::StrategyName as S;
-    let swapped = swap_of(record, &entry.service)?;
-    let field = |path: &str| -> Result<Option<String>> {
-        match &swapped {
-            Some((swap, at)) => text(swap, at, path),
-            None => Ok(None),
-        }
-    };
-    let recorded = match field("strategy")?.as_deref() {
-        Some("nginx") => Some(S::Nginx),
-        Some("alias") => Some(S::Alias),
-        Some("recreate") => Some(S::Recreate),
+fn strategy(
+    entry: &ContainerEntry,
+    args: &Args,
+    swapped: Option<&swap::Report>,
+) -> Result<swap::Strategy> {
+    use swap::StrategyName as S;
+    let t = &args.traffic;
+    let recorded = swapped.and_then(|s| match s.strategy.as_str() {
+        "nginx" => Some(S::Nginx),
+        "alias" => Some(S::Alias),
+        "recreate" => Some(S::Recreate),
         _ => None,
-    };
+    });
     let typed =
         kit::given_on_command_line("--strategy") || kit::given_on_command_line("--upstream-file");
-    let from_flags = || match (args.strategy, &args.upstream_file) {
+    let from_flags = || match (t.strategy, &t.upstream_file) {
         (Some(s), _) => Ok(s),
         (None, Some(_)) => Ok(S::Nginx),
         (None, None) => Err(Error::input(
@@ -326,36 +282,30 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
             ),
         )),
     };
-    let host_ports = !swap_host_ports(&entry.inspect).is_empty();
-    let (name, flags_decide) = match recorded {
+    let host_ports = !kit::docker::host_ports(entry.inspect.host_config.as_ref()).is_empty();
+    let (name, flags_decide) = match (recorded, swapped) {
         _ if typed => (from_flags()?, true),
-        Some(r) => {
-            if args.strategy.is_some() || args.upstream_file.is_some() {
+        (Some(r), Some(s)) => {
+            if t.strategy.is_some() || t.upstream_file.is_some() {
                 kit::log::info(&format!(
                     "{}: moved back the way its swap moved it ({}); the --strategy and \
                      --upstream-file settings are for services this deploy did not swap",
-                    entry.service,
-                    field("strategy")?.unwrap_or_default()
+                    entry.service, s.strategy
                 ));
             }
             (r, false)
         }
-        None if host_ports => (S::Recreate, false),
-        None => (from_flags()?, true),
+        _ if host_ports => (S::Recreate, false),
+        _ => (from_flags()?, true),
     };
-    // The flags first when they decided (the record fills what they leave out); the record's
-    // switch alone when it did.
-    let pick = |flag: &Option<String>, path: &str| -> Result<Option<String>> {
-        let recorded = field(path)?;
-        Ok(if flags_decide {
-            flag.clone().or(recorded)
-        } else {
-            recorded
-        })
-    };
+    let switch = swapped.and_then(|s| s.switch.as_ref());
     Ok(match name {
         S::Nginx => {
-            let flag_file = args
+            let recorded = match switch {
+                Some(swap::Switch::Nginx(n)) => Some(n),
+                _ => None,
+            };
+            let flag_file = t
                 .upstream_file
                 .as_ref()
                 .map(|f| {
@@ -363,72 +313,73 @@ fn strategy(entry: &ContainerEntry, args: &Args, record: &Record) -> Result<swap
                         Error::input("--upstream-file", format!("cannot resolve it: {e}"))
                     })
                 })
-                .transpose()?
-                .map(|f| f.display().to_string());
-            let file = pick(&flag_file, "switch.upstream_file")?.ok_or_else(|| {
+                .transpose()?;
+            let file = pick(
+                flags_decide,
+                flag_file,
+                recorded.map(|n| n.upstream_file.clone()),
+            )
+            .ok_or_else(|| {
                 Error::input(
                     "--upstream-file",
                     "the nginx strategy needs the upstream include file to rewrite",
                 )
             })?;
-            let mut n = swap::Nginx::new(std::path::PathBuf::from(file));
-            n.upstream = pick(&args.upstream, "switch.upstream")?;
-            let recorded_nginx = field("switch.nginx")?
-                .and_then(|s| s.strip_prefix("container ").map(str::to_string));
-            n.container = if flags_decide {
-                args.nginx_container.clone().or(recorded_nginx)
-            } else {
-                recorded_nginx
-            };
+            let mut n = swap::Nginx::new(file);
+            n.upstream = pick(
+                flags_decide,
+                t.upstream.clone(),
+                recorded.map(|n| n.upstream.clone()),
+            );
+            n.container = pick(
+                flags_decide,
+                t.nginx_container.clone(),
+                recorded.and_then(|n| n.nginx_container.clone()),
+            );
             if flags_decide {
-                n.service_url.clone_from(&args.service_url);
+                n.service_url.clone_from(&t.service_url);
             }
             n.must_point_at_old = flags_decide && !typed;
             swap::Strategy::Nginx(n)
         }
         S::Alias => {
+            let recorded = match switch {
+                Some(swap::Switch::Alias(a)) => Some(a),
+                _ => None,
+            };
             let mut a = swap::Alias::new();
-            a.alias = pick(&args.alias, "switch.alias")?;
-            a.network = pick(&args.alias_network, "switch.network")?;
+            a.alias = pick(
+                flags_decide,
+                t.alias.clone(),
+                recorded.map(|a| a.alias.clone()),
+            );
+            a.network = pick(
+                flags_decide,
+                t.alias_network.clone(),
+                recorded.map(|a| a.network.clone()),
+            );
             swap::Strategy::Alias(a)
         }
         S::Recreate => swap::Strategy::Recreate,
     })
 }
 
-/// Host ports a container binds.
-fn swap_host_ports(c: &ContainerInspectResponse) -> Vec<String> {
-    c.host_config
-        .as_ref()
-        .and_then(|h| h.port_bindings.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|(_, b)| {
-            b.iter()
-                .flatten()
-                .any(|b| b.host_port.as_deref().is_some_and(|p| !p.is_empty()))
-        })
-        .map(|(port, _)| port.clone())
-        .collect()
-}
-
 /// The swap request that recreates one container from its recorded configuration.
-fn request(p: &Planned, args: &Args, dry_run: bool) -> swap::Request {
+fn request(p: &Planned, args: &Args, dry_run: bool) -> Result<swap::Request> {
     let strategy = p.strategy.clone().unwrap_or(swap::Strategy::Recreate);
     let mut req = swap::Request::new(&p.entry.service, &p.image, strategy);
     req.container.clone_from(&p.entry.name);
     req.template = Some(p.entry.inspect.clone());
-    req.port = args.port;
-    req.health.path.clone_from(&args.health_path);
-    req.health.timeout = args.health_timeout;
+    req.port = args.traffic.port;
+    req.health = args.traffic.health()?;
     req.keep = args.keep_old;
-    req.drain = args.drain;
+    req.drain = args.traffic.drain;
     if let Some(dir) = &args.lock_dir {
         req.lock_dir.clone_from(dir);
     }
     req.lock_wait = args.lock_wait;
     req.dry_run = dry_run;
-    req
+    Ok(req)
 }
 
 /// Recreates the planned containers, one service at a time, each waited healthy by swap
@@ -459,18 +410,15 @@ pub fn apply(
             p.image,
             short(&p.entry.image.id)
         ));
-        let result = swap::replace(engine, &request(p, args, false), stop);
-        match result {
+        match swap::replace(engine, &request(p, args, false)?, stop) {
             Ok(report) => {
-                r.old = report.old.map(|c| c.id);
-                r.new = report.new.map(|c| c.id);
-                r.health = report.health;
-                r.health_url = report.health_url;
+                r.fill(report);
                 done.push(r);
             }
-            Err(e) => {
+            Err(swap::Failed { report, error }) => {
+                r.fill(*report);
                 done.push(r);
-                return Err(e);
+                return Err(error);
             }
         }
     }
@@ -490,7 +438,8 @@ pub fn dry_run(engine: &Engine, planned: &[Planned], args: &Args) -> Result<Vec<
                     p.entry.service, p.entry.name
                 ));
             } else {
-                let report = swap::replace(engine, &request(p, args, true), &|| false)?;
+                let report = swap::replace(engine, &request(p, args, true)?, &|| false)
+                    .map_err(|f| f.error)?;
                 r.plan = report.plan;
             }
         }
@@ -499,61 +448,73 @@ pub fn dry_run(engine: &Engine, planned: &[Planned], args: &Args) -> Result<Vec<
     Ok(out)
 }
 
-fn short(id: &str) -> &str {
-    let id = id.trim_start_matches("sha256:");
-    &id[..id.len().min(12)]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(v: serde_json::Value) -> Record {
-        Record::parse(&v.to_string()).unwrap()
+    fn swaps(v: serde_json::Value) -> Result<Vec<swap::Report>> {
+        recorded_swaps(&Record::parse(&v.to_string()).unwrap())
     }
 
-    fn found(r: &Record, service: &str) -> Option<String> {
-        swap_of(r, service).unwrap().map(|(_, at)| at)
+    fn upstream_file(s: Option<&swap::Report>) -> Option<String> {
+        match s?.switch.as_ref()? {
+            swap::Switch::Nginx(n) => Some(n.upstream_file.display().to_string()),
+            swap::Switch::Alias(_) => Some("alias".into()),
+        }
+    }
+
+    fn nginx(service: &str, file: &str, dry_run: bool) -> serde_json::Value {
+        serde_json::json!({"service": service, "strategy": "nginx", "dry_run": dry_run,
+                           "switch": {"upstream_file": file, "upstream": service,
+                                      "server": "10.0.0.2:80", "before": null,
+                                      "nginx": "this host"}})
     }
 
     #[test]
     fn each_service_is_found_in_its_own_swap_newest_first() {
-        let nginx = |service: &str, file: &str| {
-            serde_json::json!({"service": service, "strategy": "nginx", "dry_run": false,
-                               "switch": {"upstream_file": file}})
-        };
-        let mut last = nginx("backend", "/b2.conf");
+        let mut last = nginx("backend", "/b2.conf", false);
         last["earlier"] = serde_json::json!([
-            nginx("backend", "/b1.conf"),
+            nginx("backend", "/b1.conf", false),
             {"service": "frontend", "strategy": "recreate", "dry_run": false},
         ]);
-        let r = record(serde_json::json!({"swap": last}));
-        assert_eq!(found(&r, "backend").as_deref(), Some("swap"));
-        assert_eq!(found(&r, "frontend").as_deref(), Some("swap.earlier.1"));
-        assert_eq!(found(&r, "worker"), None);
+        let all = swaps(serde_json::json!({ "swap": last })).unwrap();
+        assert_eq!(
+            upstream_file(swap_of(&all, "backend")).as_deref(),
+            Some("/b2.conf")
+        );
+        assert_eq!(
+            swap_of(&all, "frontend").map(|s| s.strategy.as_str()),
+            Some("recreate")
+        );
+        assert!(swap_of(&all, "worker").is_none());
     }
 
     #[test]
     fn a_swap_that_moved_nothing_is_skipped_for_an_earlier_one() {
-        let r = record(serde_json::json!({"swap": {
         // Failed before its switch: no `switch`.
-        "service": "backend", "strategy": "nginx", "dry_run": false,
-        "earlier": [
-            {"service": "backend", "strategy": "nginx", "dry_run": true,
-             "switch": {"upstream_file": "/dry.conf"}},
-            {"service": "backend", "strategy": "nginx", "dry_run": false,
-             "switch": {"upstream_file": "/b.conf"}},
-        ]}}));
-        assert_eq!(found(&r, "backend").as_deref(), Some("swap.earlier.1"));
+        let all = swaps(serde_json::json!({"swap": {
+            "service": "backend", "strategy": "nginx", "dry_run": false,
+            "earlier": [nginx("backend", "/b.conf", false), nginx("backend", "/dry.conf", true)]
+        }}))
+        .unwrap();
+        assert_eq!(
+            upstream_file(swap_of(&all, "backend")).as_deref(),
+            Some("/b.conf")
+        );
     }
 
     #[test]
     fn wrong_types_are_bad_input_naming_the_field() {
-        let r = record(serde_json::json!({"swap": {"service": "b", "earlier": {"x": 1}}}));
-        let err = swap_of(&r, "b").unwrap_err().to_string();
-        assert!(err.starts_with("swap.earlier: expected an array"), "{err}");
-        let r = record(serde_json::json!({"swap": {"service": 7}}));
-        let err = swap_of(&r, "b").unwrap_err().to_string();
-        assert!(err.starts_with("swap.service: expected a string"), "{err}");
+        let err = swaps(serde_json::json!({"swap": {"service": "b", "earlier": {"x": 1}}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("swap.earlier: invalid type: map"), "{err}");
+        let err = swaps(serde_json::json!({"swap": {"service": 7}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("swap.service: invalid type: integer"),
+            "{err}"
+        );
     }
 }

@@ -13,17 +13,14 @@ mod containers;
 mod files;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kit::{Common, Done, Error, Record, Result, Tool};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use snapshot::manifest::FILES;
 use snapshot::store;
-pub use swap::StrategyName;
 
 /// Roll back to a snapshot: verify it whole, restore the files atomically, recreate the
 /// services' containers from their recorded configuration and image, wait until healthy.
@@ -73,53 +70,11 @@ pub struct Args {
     #[arg(long, env = "RESTORE_DRY_RUN")]
     pub dry_run: bool,
 
-    /// How traffic moves to the recreated container [default: what swap did earlier in this
-    /// deploy (from the record); recreate for a container that owns host ports]
-    #[arg(long, env = "RESTORE_STRATEGY", value_enum)]
-    pub strategy: Option<StrategyName>,
-
-    /// nginx: the upstream include file to rewrite (default: the record's swap.switch)
-    #[arg(long, env = "RESTORE_UPSTREAM_FILE", value_name = "PATH")]
-    pub upstream_file: Option<PathBuf>,
-
-    /// nginx: the upstream block's name (default: the service name)
-    #[arg(long, env = "RESTORE_UPSTREAM", value_name = "NAME")]
-    pub upstream: Option<String>,
-
-    /// nginx: the container nginx runs in; default: this host
-    #[arg(long, env = "RESTORE_NGINX_CONTAINER", value_name = "NAME")]
-    pub nginx_container: Option<String>,
-
-    /// The service's URL through the proxy (recorded as the health URL)
-    #[arg(long, env = "RESTORE_SERVICE_URL", value_name = "URL")]
-    pub service_url: Option<String>,
-
-    /// alias: the network alias the proxy resolves (default: the service name)
-    #[arg(long, env = "RESTORE_ALIAS", value_name = "NAME")]
-    pub alias: Option<String>,
-
-    /// alias: the network carrying the alias (default: the container's first network)
-    #[arg(long, env = "RESTORE_ALIAS_NETWORK", value_name = "NETWORK")]
-    pub alias_network: Option<String>,
-
-    /// The port the app listens on inside the container (default: the image's only exposed port)
-    #[arg(long, env = "RESTORE_PORT", value_name = "PORT")]
-    pub port: Option<u16>,
-
-    /// HTTP path probed on the recreated container, e.g. /api/v1/health (default: its
-    /// HEALTHCHECK)
-    #[arg(long, env = "RESTORE_HEALTH_PATH", value_name = "PATH")]
-    pub health_path: Option<String>,
-
-    /// How long a recreated container may take to become healthy
-    #[arg(long, env = "RESTORE_HEALTH_TIMEOUT", default_value = "60s", value_name = "DURATION",
-          value_parser = kit::parse_duration)]
-    pub health_timeout: Duration,
-
-    /// nginx: the longest wait for old nginx workers (default 30s); alias: how long the failed
-    /// version still serves alongside (default 3s)
-    #[arg(long, env = "RESTORE_DRAIN", value_name = "DURATION", value_parser = kit::parse_duration)]
-    pub drain: Option<Duration>,
+    /// How traffic moves to each recreated container and when it counts as healthy. Default:
+    /// what swap did for the service earlier in this deploy (from the record); recreate for a
+    /// container that owns host ports; these settings apply to every container restored
+    #[command(flatten)]
+    pub traffic: swap::Traffic,
 
     /// How many stopped containers of the failed version to keep (named <name>-old-<id>)
     #[arg(
@@ -149,6 +104,10 @@ impl Tool for Args {
 
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn cli() -> clap::Command {
+        swap::Traffic::env_prefix(Self::command(), "RESTORE")
     }
 
     fn run(self, record: &mut Record) -> Result<Done> {
@@ -184,6 +143,9 @@ pub struct Restore {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot: Option<SnapshotRef>,
+    /// `--latest`: newer snapshots passed over because they do not verify, newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<Skipped>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dir: Option<PathBuf>,
     files: Vec<FileDone>,
@@ -198,6 +160,13 @@ pub struct Restore {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     ms: Map<String, Value>,
+}
+
+/// A snapshot `--latest` passed over, and why.
+#[derive(Debug, Serialize)]
+struct Skipped {
+    id: String,
+    why: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,7 +214,7 @@ impl Args {
                 f.tool, f.step, f.error
             ));
         }
-        let Some(path) = self.select(record)? else {
+        let Some(path) = self.select(record, out)? else {
             let why = format!(
                 "nothing to roll back: the deploy failed{} before anything was deployed (no \
                  snapshot named, swap never ran)",
@@ -373,10 +342,15 @@ impl Args {
         clock.lap(out, "files");
 
         if let Some(engine) = &engine {
-            let stop = signals();
-            let stop = move || stop.load(Ordering::SeqCst);
-            let result =
-                containers::apply(engine, &planned, self, &pulled, &stop, &mut out.containers);
+            kit::signals::install();
+            let result = containers::apply(
+                engine,
+                &planned,
+                self,
+                &pulled,
+                &kit::signals::received,
+                &mut out.containers,
+            );
             out.containers_recreated = out
                 .containers
                 .iter()
@@ -409,7 +383,7 @@ impl Args {
 
     /// The snapshot to restore: --id, --latest, else the record's. `None`: the record names
     /// none, and nothing was deployed (the deploy failed before swap ran).
-    fn select(&self, record: &Record) -> Result<Option<PathBuf>> {
+    fn select(&self, record: &Record, out: &mut Restore) -> Result<Option<PathBuf>> {
         let base = self.dir.clone().unwrap_or_else(|| PathBuf::from("."));
         let backups = || snapshot::backups_dir(&base, self.backups.as_deref());
         if let Some(id) = &self.id {
@@ -432,9 +406,28 @@ impl Args {
         }
         if self.latest {
             let backups = backups()?;
-            return match store::latest_good(&backups)? {
+            let store::Latest { good, skipped } = store::latest_good(&backups)?;
+            for (id, why) in &skipped {
+                kit::log::warn(&format!(
+                    "skipping snapshot {id}, newer than the one restored, because it does not \
+                     verify: {why}"
+                ));
+            }
+            out.skipped = skipped
+                .into_iter()
+                .map(|(id, why)| Skipped { id, why })
+                .collect();
+            return match good {
                 Some(entry) => {
-                    kit::log::info(&format!("the latest whole snapshot is {}", entry.id));
+                    kit::log::info(&format!(
+                        "the latest whole snapshot is {}{}",
+                        entry.id,
+                        if out.skipped.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({} newer one(s) skipped: corrupt)", out.skipped.len())
+                        }
+                    ));
                     Ok(Some(entry.path))
                 }
                 None => Err(Error::step(
@@ -480,18 +473,6 @@ fn swap_ran(record: &Record) -> bool {
                     Some("ok" | "failed")
                 )
         })
-}
-
-/// SIGINT and SIGTERM set a flag that swap checks between its steps: a recreate then stops
-/// before the switch, leaving what serves as it is.
-fn signals() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&flag)) {
-            kit::log::warn(&format!("cannot handle signal {sig}: {e}"));
-        }
-    }
-    flag
 }
 
 /// `--dry-run`: what would change, on stderr.

@@ -553,7 +553,19 @@ fn latest_is_the_newest_whole_snapshot_by_name_even_after_the_clock_went_back() 
 
     d.write("docker-compose.yml", b"live\n", 0o644);
     let out = d.restore(&["--latest"]);
-    out.code(0);
+    out.code(0)
+        .stderr_has(&format!(
+            "skipping snapshot {third}, newer than the one restored, because it does not verify"
+        ))
+        .stderr_has("1 newer one(s) skipped: corrupt");
     assert_eq!(out.record["restore"]["snapshot"]["id"], second.as_str());
+    let skipped = &out.record["restore"]["skipped"];
+    assert_eq!(skipped[0]["id"], third.as_str(), "{skipped}");
+    assert!(
+        skipped[0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("docker-compose.yml")),
+        "{skipped}"
+    );
     assert_eq!(d.read("docker-compose.yml"), b"second\n");
 }

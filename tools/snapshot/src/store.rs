@@ -177,12 +177,33 @@ pub fn names(backups: &Path) -> Result<Vec<(String, Name)>> {
     Ok(out)
 }
 
+/// The newest snapshot that verifies, and what was passed over to find it.
+pub struct Latest {
+    pub good: Option<Entry>,
+    /// Newer snapshots that do not verify, newest first: (id, why). A restore of "the
+    /// latest" must say loudly that it skipped them.
+    pub skipped: Vec<(String, String)>,
+}
+
 /// The newest snapshot that verifies.
-pub fn latest_good(backups: &Path) -> Result<Option<Entry>> {
-    Ok(scan(backups)?
-        .into_iter()
-        .rev()
-        .find(|e| e.manifest().is_some()))
+pub fn latest_good(backups: &Path) -> Result<Latest> {
+    let mut skipped = Vec::new();
+    for entry in scan(backups)?.into_iter().rev() {
+        match &entry.state {
+            State::Good(_) => {
+                return Ok(Latest {
+                    good: Some(entry),
+                    skipped,
+                })
+            }
+            State::Corrupt(why) => skipped.push((entry.id.clone(), why.clone())),
+            State::Foreign => {}
+        }
+    }
+    Ok(Latest {
+        good: None,
+        skipped,
+    })
 }
 
 /// The image ids that the snapshots kept in `backups` reference, sorted and without

@@ -5,25 +5,40 @@
 //! the old and new containers (id, name, image, ip), the image, the strategy, the health
 //! outcome and the service's `health_url`, what the switch, drain and stop did, and each
 //! step's time in ms. The library API ([`replace`]) does the same for other tools (`restore`).
+//!
+//! Where each part lives: this file is the command line; [`replace`] (replace.rs) the step
+//! order and its undo; preflight.rs what is checked before anything changes and the
+//! [switch plan](preflight::SwitchPlan); blueprint.rs the new container's configuration;
+//! containers.rs the Docker primitives (create, start, stop, retention); health.rs the wait
+//! for the new container; switch.rs moving traffic (nginx, alias) and the drain; nginx.rs the
+//! upstream file and nginx's processes; plan.rs `--dry-run`; lock.rs the deploy lock;
+//! request.rs and report.rs what goes in and what comes out.
 
-mod api;
-mod config;
-mod engine;
+mod blueprint;
+mod containers;
+mod health;
 pub mod lock;
 mod nginx;
+mod plan;
+mod preflight;
+mod replace;
+mod report;
+mod request;
+mod switch;
 
-pub use api::{
-    replace, Alias, Container, Health, Nginx, Report, Request, Spec, Strategy, SERVICE_LABEL,
+pub use replace::{replace, PAUSE_ENV};
+pub use report::{
+    AliasSwitch, Container, Drain, Failed, LockInfo, NginxSwitch, Report, Stopped, Switch,
 };
-pub use engine::PAUSE_ENV;
+pub use request::{
+    Alias, Health, Nginx, Request, Spec, Strategy, StrategyName, Traffic, SERVICE_LABEL,
+};
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser};
 use kit::docker::Engine;
-use kit::health::StatusSet;
 use kit::{Common, Done, Error, Record, Result, Tool};
 
 /// Replace a running service's container with a new image, with zero failed requests.
@@ -51,62 +66,8 @@ pub struct Args {
     #[arg(long, env = "SWAP_IMAGE", value_name = "REF")]
     pub image: Option<String>,
 
-    /// How traffic moves (default: nginx with --upstream-file, else required)
-    #[arg(long, env = "SWAP_STRATEGY", value_enum)]
-    pub strategy: Option<StrategyName>,
-
-    /// nginx: the upstream include file to rewrite (bind-mount its directory into nginx)
-    #[arg(long, env = "SWAP_UPSTREAM_FILE", value_name = "PATH")]
-    pub upstream_file: Option<PathBuf>,
-
-    /// nginx: the upstream block's name (default: the service name)
-    #[arg(long, env = "SWAP_UPSTREAM", value_name = "NAME")]
-    pub upstream: Option<String>,
-
-    /// nginx: the container nginx runs in (nginx -t and reload run there); default: this host
-    #[arg(long, env = "SWAP_NGINX_CONTAINER", value_name = "NAME")]
-    pub nginx_container: Option<String>,
-
-    /// The service's URL through the proxy, e.g. http://127.0.0.1:8080 (recorded health URL)
-    #[arg(long, env = "SWAP_SERVICE_URL", value_name = "URL")]
-    pub service_url: Option<String>,
-
-    /// alias: the network alias the proxy resolves (default: the service name)
-    #[arg(long, env = "SWAP_ALIAS", value_name = "NAME")]
-    pub alias: Option<String>,
-
-    /// alias: the network carrying the alias (default: the container's first network)
-    #[arg(long, env = "SWAP_ALIAS_NETWORK", value_name = "NETWORK")]
-    pub alias_network: Option<String>,
-
-    /// The port the app listens on inside the container (default: the image's only exposed port)
-    #[arg(long, env = "SWAP_PORT", value_name = "PORT")]
-    pub port: Option<u16>,
-
-    /// HTTP path probed on the new container, e.g. /api/v1/health (default: its HEALTHCHECK)
-    #[arg(long, env = "SWAP_HEALTH_PATH", value_name = "PATH")]
-    pub health_path: Option<String>,
-
-    /// Accepted HTTP statuses for the health path: 200, 2xx, 200,204 or 200-299
-    #[arg(long, default_value = "200", value_name = "STATUSES", value_parser = StatusSet::parse)]
-    pub expect_status: StatusSet,
-
-    /// How long the new container may take to become healthy
-    #[arg(long, env = "SWAP_HEALTH_TIMEOUT", default_value = "60s", value_name = "DURATION",
-          value_parser = kit::parse_duration)]
-    pub health_timeout: Duration,
-
-    /// Pause between health probes (default: 25 ms doubling up to the cap)
-    #[arg(long, value_name = "DURATION", value_parser = kit::parse_duration)]
-    pub health_interval: Option<Duration>,
-
-    /// Timeout of one health probe
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = kit::parse_duration)]
-    pub attempt_timeout: Duration,
-
-    /// nginx: the longest wait for old nginx workers (default 30s); alias: the window (default 3s)
-    #[arg(long, env = "SWAP_DRAIN", value_name = "DURATION", value_parser = kit::parse_duration)]
-    pub drain: Option<Duration>,
+    #[command(flatten)]
+    pub traffic: Traffic,
 
     /// How many stopped old containers to keep for rollback (named <name>-old-<id>)
     #[arg(long, env = "SWAP_KEEP", default_value_t = 1, value_name = "N")]
@@ -157,16 +118,6 @@ pub struct Args {
     pub common: Common,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StrategyName {
-    /// Rewrite an nginx upstream file, nginx -t, graceful reload
-    Nginx,
-    /// A Docker network alias (Traefik, Caddy, nginx-proxy)
-    Alias,
-    /// Stop first, then start (a container that owns host ports)
-    Recreate,
-}
-
 impl Tool for Args {
     const NAME: &'static str = "swap";
 
@@ -174,14 +125,17 @@ impl Tool for Args {
         &self.common
     }
 
+    fn cli() -> clap::Command {
+        Traffic::env_prefix(Self::command(), "SWAP")
+    }
+
     fn run(self, record: &mut Record) -> Result<Done> {
         let req = self.request(record)?;
-        signals::install();
+        let earlier = earlier_swaps(record)?;
+        kit::signals::install();
         let engine = Engine::connect("preflight")?;
-        let mut report = Report::default();
-        let result = engine::run(&engine, &req, &signals::received, &mut report);
-        match result {
-            Ok(()) => {
+        match replace(&engine, &req, &kit::signals::received) {
+            Ok(mut report) => {
                 if !req.dry_run {
                     kit::log::info(&format!(
                         "{} now runs {} ({}), in {}",
@@ -190,44 +144,32 @@ impl Tool for Args {
                         report
                             .new
                             .as_ref()
-                            .map(|n| short_id(&n.id))
+                            .map(|n| kit::docker::short_id(&n.id))
                             .unwrap_or_default(),
-                        kit::human(Duration::from_millis(
-                            report.ms.get("total").and_then(|v| v.as_u64()).unwrap_or(0)
-                        ))
+                        kit::human(Duration::from_millis(report.step_ms("total")))
                     ));
                 }
-                Ok(Done::ok(with_earlier(record, &report)))
+                report.earlier = earlier;
+                Ok(Done::ok(report))
             }
-            Err(err) => {
-                record.set(Self::NAME, with_earlier(record, &report));
-                Err(err)
+            Err(Failed { mut report, error }) => {
+                report.earlier = earlier;
+                record.set(Self::NAME, &report);
+                Err(error)
             }
         }
     }
 }
 
-/// The report, with the swaps made earlier in this deploy (several services, one record) kept
-/// under `earlier`, oldest first: so restore knows how each service's traffic moved.
-fn with_earlier(record: &Record, report: &Report) -> serde_json::Value {
-    use serde_json::Value;
-    let mut value = serde_json::to_value(report).unwrap_or_default();
-    if let (Some(Value::Object(previous)), Value::Object(map)) =
-        (record.get(<Args as Tool>::NAME), &mut value)
-    {
-        let mut previous = previous.clone();
-        let mut earlier = match previous.remove("earlier") {
-            Some(Value::Array(list)) => list,
-            _ => Vec::new(),
-        };
-        earlier.push(Value::Object(previous));
-        map.insert("earlier".into(), Value::Array(earlier));
-    }
-    value
-}
-
-fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
+/// The swaps made earlier in this deploy (several services, one record), oldest first: the
+/// record's `swap` and the ones before it, so restore knows how each service's traffic moved.
+fn earlier_swaps(record: &Record) -> Result<Vec<Report>> {
+    let Some(mut previous) = record.typed::<Report>(<Args as Tool>::NAME)? else {
+        return Ok(Vec::new());
+    };
+    let mut earlier = std::mem::take(&mut previous.earlier);
+    earlier.push(previous);
+    Ok(earlier)
 }
 
 impl Args {
@@ -242,34 +184,12 @@ impl Args {
                 )
             })?,
         };
-        let strategy = match (self.strategy, &self.upstream_file) {
-            (Some(StrategyName::Nginx) | None, Some(file)) => {
-                let mut n = Nginx::new(absolute(file)?);
-                n.upstream.clone_from(&self.upstream);
-                n.container.clone_from(&self.nginx_container);
-                n.service_url.clone_from(&self.service_url);
-                Strategy::Nginx(n)
-            }
-            (Some(StrategyName::Nginx), None) => {
-                return Err(Error::input(
-                    "--upstream-file",
-                    "the nginx strategy needs the upstream include file to rewrite",
-                ))
-            }
-            (Some(StrategyName::Alias), _) => {
-                let mut a = Alias::new();
-                a.alias.clone_from(&self.alias);
-                a.network.clone_from(&self.alias_network);
-                Strategy::Alias(a)
-            }
-            (Some(StrategyName::Recreate), _) => Strategy::Recreate,
-            (None, None) => {
-                return Err(Error::input(
-                    "--strategy",
-                    "choose how traffic moves: nginx (with --upstream-file), alias or recreate",
-                ))
-            }
-        };
+        let strategy = self.traffic.strategy()?.ok_or_else(|| {
+            Error::input(
+                "--strategy",
+                "choose how traffic moves: nginx (with --upstream-file), alias or recreate",
+            )
+        })?;
         if !self.publish.is_empty() && !matches!(strategy, Strategy::Recreate) {
             return Err(Error::input(
                 "--publish",
@@ -277,7 +197,7 @@ impl Args {
             ));
         }
         for p in &self.publish {
-            if config::parse_publish(p).is_none() {
+            if blueprint::parse_publish(p).is_none() {
                 return Err(Error::input(
                     "--publish",
                     format!("'{p}' is not [IP:]HOST:CONTAINER[/proto]"),
@@ -285,15 +205,7 @@ impl Args {
             }
         }
         if let Some(r) = &self.restart {
-            config::restart_policy(r)?;
-        }
-        if let Some(path) = &self.health_path {
-            if !path.starts_with('/') {
-                return Err(Error::input(
-                    "--health-path",
-                    format!("'{path}' must start with /"),
-                ));
-            }
+            blueprint::restart_policy(r)?;
         }
         let container = self
             .container
@@ -304,13 +216,9 @@ impl Args {
         }
         let mut req = Request::new(&self.service, &image, strategy);
         req.container = container;
-        req.port = self.port;
-        req.health.path.clone_from(&self.health_path);
-        req.health.expect_status = self.expect_status.clone();
-        req.health.timeout = self.health_timeout;
-        req.health.interval = self.health_interval;
-        req.health.attempt_timeout = self.attempt_timeout;
-        req.drain = self.drain;
+        req.port = self.traffic.port;
+        req.health = self.traffic.health()?;
+        req.drain = self.traffic.drain;
         req.keep = self.keep;
         if let Some(dir) = &self.lock_dir {
             req.lock_dir.clone_from(dir);
@@ -370,45 +278,6 @@ fn read_env_file(path: &PathBuf) -> Result<Vec<(String, String)>> {
             )),
         })
         .collect()
-}
-
-fn absolute(path: &PathBuf) -> Result<PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.clone());
-    }
-    std::env::current_dir()
-        .map(|d| d.join(path))
-        .map_err(|e| Error::io("preflight", "cannot read the current directory", e))
-}
-
-/// SIGINT and SIGTERM set a flag that every step checks; the swap then cleans up and exits 1.
-mod signals {
-    use super::*;
-
-    static RECEIVED: AtomicUsize = AtomicUsize::new(0);
-
-    pub fn install() {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        for sig in [SIGINT, SIGTERM] {
-            if let Err(e) = signal_hook::flag::register_usize(sig, &RECEIVED, sig as usize) {
-                kit::log::warn(&format!("cannot handle signal {sig}: {e}"));
-            }
-        }
-        let _ = engine::SIGNAL_NAME.set(name);
-    }
-
-    pub fn received() -> bool {
-        RECEIVED.load(Ordering::SeqCst) != 0
-    }
-
-    fn name() -> Option<&'static str> {
-        match RECEIVED.load(Ordering::SeqCst) as i32 {
-            0 => None,
-            signal_hook::consts::SIGINT => Some("SIGINT"),
-            signal_hook::consts::SIGTERM => Some("SIGTERM"),
-            _ => Some("a signal"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::query_parameters::TopOptionsBuilder;
 use futures_util::StreamExt;
 use kit::docker::Engine;
 use kit::{Error, Result};
@@ -95,31 +94,14 @@ pub(crate) struct Master {
 pub(crate) fn master(engine: &Engine, at: &Where) -> Option<Master> {
     let (pid, is_init) = match at {
         Where::Container(name) => {
-            let top = engine
-                .block(
-                    engine
-                        .docker
-                        .top_processes(name, Some(TopOptionsBuilder::default().build())),
-                )
-                .ok()?;
-            let titles = top.titles.unwrap_or_default();
-            let col = |t: &str| titles.iter().position(|x| x == t);
-            let (pid, ppid, cmd) = (
-                col("PID")?,
-                col("PPID")?,
-                col("CMD").or_else(|| col("COMMAND"))?,
-            );
-            let rows = top.processes.unwrap_or_default();
-            let pids: BTreeSet<&str> = rows
+            let ps = engine.processes(name, "switch").ok()?;
+            let master = ps
                 .iter()
-                .filter_map(|r| r.get(pid).map(String::as_str))
-                .collect();
-            let row = rows.iter().find(|r| {
-                r.get(cmd)
-                    .is_some_and(|c| c.contains("nginx: master process"))
-            })?;
-            let is_init = !row.get(ppid).is_some_and(|p| pids.contains(p.as_str()));
-            (row.get(pid)?.parse().ok()?, is_init)
+                .find(|p| p.cmd.contains("nginx: master process"))?;
+            // Its parent is outside the container: it is the container's first process.
+            let ppid = master.ppid?;
+            let is_init = !ps.iter().any(|p| p.pid == ppid);
+            (master.pid, is_init)
         }
         Where::Host { pid_file } => (
             std::fs::read_to_string(pid_file)
@@ -172,30 +154,12 @@ pub(crate) fn workers_of(
 /// The pids of nginx's worker processes (current and shutting down).
 pub(crate) fn workers(engine: &Engine, at: &Where) -> Result<BTreeSet<u32>> {
     match at {
-        Where::Container(name) => {
-            let top = engine
-                .block(
-                    engine
-                        .docker
-                        .top_processes(name, Some(TopOptionsBuilder::default().build())),
-                )
-                .map_err(|e| Error::docker("drain", format!("list the processes of {name}"), e))?;
-            let titles = top.titles.unwrap_or_default();
-            let col = |t: &str| titles.iter().position(|x| x == t);
-            let (Some(pid), Some(cmd)) = (col("PID"), col("CMD").or_else(|| col("COMMAND"))) else {
-                return Ok(BTreeSet::new());
-            };
-            Ok(top
-                .processes
-                .unwrap_or_default()
-                .iter()
-                .filter(|p| {
-                    p.get(cmd)
-                        .is_some_and(|c| c.contains("nginx: worker process"))
-                })
-                .filter_map(|p| p.get(pid).and_then(|s| s.parse().ok()))
-                .collect())
-        }
+        Where::Container(name) => Ok(engine
+            .processes(name, "drain")?
+            .into_iter()
+            .filter(|p| p.cmd.contains("nginx: worker process"))
+            .map(|p| p.pid)
+            .collect()),
         Where::Host { pid_file } => {
             let master: u32 = std::fs::read_to_string(pid_file)
                 .map_err(|e| {

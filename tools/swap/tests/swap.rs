@@ -510,8 +510,11 @@ fn sigterm_at_each_step_leaves_old_or_new_serving_and_nothing_half_made() {
                 "{{.Names}}",
             ])
         };
-        assert!(
-            eventually(Duration::from_secs(5), || running().lines().count() == 1),
+        // swap stops the old container before it exits, even when a signal came during
+        // the drain: never two versions left running.
+        assert_eq!(
+            running().lines().count(),
+            1,
             "{step}: more than one running: {}",
             running()
         );
@@ -677,12 +680,65 @@ fn alias_moves_to_the_new_container() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(eventually(Duration::from_secs(5), || docker(&[
-        "inspect",
-        "-f",
-        "{{.State.Status}}",
-        &old
-    ]) == "exited"));
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &old]),
+        "exited",
+        "swap returns once the old container has stopped"
+    );
+}
+
+#[test]
+fn an_old_container_that_ignores_its_stop_signal_is_killed_after_one_stop_timeout() {
+    fixtures();
+    let mut cleanup = Cleanup::new();
+    let net = cleanup.network();
+    let name = cleanup.container(&unique("stubborn"));
+    // SIGWINCH is ignored by default, so the app never hears its stop signal (as many apps
+    // and busybox httpd ignore SIGTERM); its stop timeout is 4 s.
+    run_app(
+        &name,
+        &net,
+        &[
+            "--network-alias",
+            "api",
+            "--stop-signal",
+            "SIGWINCH",
+            "--stop-timeout",
+            "4",
+            "dkt/app:v1",
+        ],
+    );
+    let locks = std::env::temp_dir().join(unique("locks"));
+    cleanup.dir(&locks);
+    let out = tool("swap")
+        .args(["--service", "api", "--container", &name])
+        .args([
+            "--image",
+            "dkt/app:v2",
+            "--strategy",
+            "alias",
+            "--drain",
+            "0s",
+        ])
+        .arg("--lock-dir")
+        .arg(&locks)
+        .run();
+    out.code(0)
+        .stderr_has("did not stop within 4.0s of SIGWINCH: killing it");
+    let stopped = &out.record["swap"]["stopped"];
+    assert_eq!(stopped["killed"], true, "{stopped}");
+    assert_eq!(stopped["exit_code"], 137, "SIGKILL: {stopped}");
+    let ms = stopped["ms"].as_u64().unwrap();
+    // One stop timeout, then SIGKILL: never the timeout twice (docker stop after a signal).
+    assert!(
+        (4000..8000).contains(&ms),
+        "the stop step took {ms} ms for a 4 s stop timeout"
+    );
+    let old = out.record["swap"]["old"]["name"].as_str().unwrap();
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", old]),
+        "exited"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! The new container's configuration: the running (or recorded) container's, with the new
-//! image, minus what came from the old image's own config (so the new image's defaults apply,
-//! as Watchtower does), plus the `io.deploykit.service` label and the user's overrides.
+//! The blueprint of the new container: the running (or recorded) container's configuration,
+//! with the new image, minus what came from the old image's own config (so the new image's
+//! defaults apply, as Watchtower does), plus the `io.deploykit.service` label and the user's
+//! overrides.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ use bollard::models::{
 };
 use kit::{Error, Result};
 
-use crate::api::{Spec, SERVICE_LABEL};
+use crate::request::{Spec, SERVICE_LABEL};
 
 /// What to create: the body (holding the first network, the one allowed at create time on
 /// API 1.41) and every network with its aliases, to connect the others before start.
@@ -33,7 +34,7 @@ impl Blueprint {
 
     /// Host ports this container would bind (`0.0.0.0:8080->80/tcp`).
     pub fn host_ports(&self) -> Vec<String> {
-        host_ports(self.body.host_config.as_ref())
+        kit::docker::host_ports(self.body.host_config.as_ref())
     }
 
     /// Removes `alias` from `network`'s aliases (alias strategy: added at the switch).
@@ -63,30 +64,6 @@ pub(crate) fn endpoint(aliases: &[String]) -> EndpointSettings {
     }
 }
 
-pub(crate) fn host_ports(hc: Option<&HostConfig>) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(map) = hc.and_then(|h| h.port_bindings.as_ref()) {
-        for (port, bindings) in map {
-            for b in bindings.iter().flatten() {
-                let ip = b
-                    .host_ip
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("0.0.0.0");
-                let hp = b.host_port.as_deref().unwrap_or("");
-                if !hp.is_empty() {
-                    out.push(format!("{ip}:{hp}->{port}"));
-                }
-            }
-        }
-    }
-    if hc.and_then(|h| h.network_mode.as_deref()) == Some("host") {
-        out.push("the host's network (network_mode host)".into());
-    }
-    out.sort();
-    out
-}
-
 /// The new container's configuration from a running or recorded one.
 pub(crate) fn from_container(
     old: &ContainerInspectResponse,
@@ -106,8 +83,8 @@ pub(crate) fn from_container(
             )
         })?;
     body.image = Some(image.to_string());
-    let short_id: String = old.id.as_deref().unwrap_or("").chars().take(12).collect();
-    if body.hostname.as_deref() == Some(short_id.as_str()) {
+    let short_id = kit::docker::short_id(old.id.as_deref().unwrap_or(""));
+    if body.hostname.as_deref() == Some(short_id) {
         body.hostname = None;
     }
     if let Some(img) = old_image {
@@ -139,7 +116,7 @@ pub(crate) fn from_container(
             .aliases
             .iter()
             .flatten()
-            .filter(|a| **a != short_id && !short_id.starts_with(a.as_str()))
+            .filter(|a| a.as_str() != short_id && !short_id.starts_with(a.as_str()))
             .cloned()
             .collect();
         networks.push((name.clone(), aliases));
