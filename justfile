@@ -14,23 +14,23 @@ lint:
 
 # healthwait: readiness delay and CPU vs the hand-rolled curl loop, startup time
 bench-healthwait:
-    scripts/bench-healthwait
+    scripts/bench-healthwait.py
 
 # notify: latency it adds to a pipe vs the Telegram curl users run, and a hanging channel
 bench-notify:
-    scripts/bench-notify
+    scripts/bench-notify.py
 
 # swap: failed requests under wrk/hey load through nginx vs docker-compose's recreate, slow requests, never-healthy image, overhead
 bench-swap:
-    scripts/bench-swap
+    scripts/bench-swap.py
 
 # img-build and img-push: build and push time vs the docker CLI, memory for a 1 GiB context
 bench-build:
-    scripts/bench-build
+    scripts/bench-build.py
 
 # snapshot and restore: snapshot and file-restore time vs cp + docker inspect, one container swapped back vs rm + run, old-image cleanup vs docker image prune
 bench-snapshot:
-    scripts/bench-snapshot
+    scripts/bench-snapshot.py
 
 # The main job on a local default: a real deploy end to end (scripts/demo clean undoes it)
 demo:

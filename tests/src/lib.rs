@@ -481,6 +481,32 @@ impl Cleanup {
         name
     }
 
+    /// Creates a labelled network with a subnet of its own (a free 10.x.y.0/24: the engine
+    /// then accepts fixed container addresses on it), removed on drop.
+    pub fn network_with_subnet(&mut self) -> String {
+        let name = unique("net");
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize)
+            ^ std::process::id() as usize;
+        for attempt in 0..200 {
+            let n = (seed * 7919 + attempt * 104_729) % (56 * 256);
+            let subnet = format!("10.{}.{}.0/24", 200 + n / 256, n % 256);
+            let made = docker_try(&[
+                "network", "create", "--label", LABEL, "--subnet", &subnet, &name,
+            ]);
+            match made {
+                Ok(_) => {
+                    self.networks.push(name.clone());
+                    return name;
+                }
+                Err(e) if e.contains("overlap") => continue,
+                Err(e) => panic!("docker network create --subnet {subnet}: {e}"),
+            }
+        }
+        panic!("no free 10.x.y.0/24 subnet for a test network");
+    }
+
     pub fn image(&mut self, reference: &str) -> String {
         self.images.push(reference.to_string());
         reference.to_string()

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig, ImageConfig,
-    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
+    HostConfig, ImageConfig, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use kit::{Error, Result};
 
@@ -52,14 +52,20 @@ impl Blueprint {
             self.networks
                 .first()
                 .map(|(net, aliases)| NetworkingConfig {
-                    endpoints_config: Some(HashMap::from([(net.clone(), endpoint(aliases))])),
+                    endpoints_config: Some(HashMap::from([(net.clone(), endpoint(aliases, None))])),
                 });
     }
 }
 
-pub(crate) fn endpoint(aliases: &[String]) -> EndpointSettings {
+/// A network endpoint with these aliases, at a fixed address when `ip` is given (only on a
+/// network whose subnet the user configured).
+pub(crate) fn endpoint(aliases: &[String], ip: Option<&str>) -> EndpointSettings {
     EndpointSettings {
         aliases: (!aliases.is_empty()).then(|| aliases.to_vec()),
+        ipam_config: ip.map(|ip| EndpointIpamConfig {
+            ipv4_address: Some(ip.to_string()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerInspectResponse, NetworkConnectRequest};
+use bollard::models::{ContainerInspectResponse, NetworkConnectRequest, NetworkDisconnectRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, WaitContainerOptions,
@@ -67,7 +67,8 @@ pub(crate) fn create(
         .map_err(|e| Error::docker("create", format!("create {name}"), e))?;
     *made = Some(created.id.clone());
     for (net, aliases) in bp.networks.iter().skip(1) {
-        connect(engine, &created.id, name, net, aliases, "create")?;
+        connect(engine, &created.id, net, aliases, None)
+            .map_err(|e| Error::docker("create", format!("connect {name} to {net}"), e))?;
     }
     Ok(())
 }
@@ -76,20 +77,32 @@ pub(crate) fn create(
 pub(crate) fn connect(
     engine: &Engine,
     id: &str,
-    name: &str,
     net: &str,
     aliases: &[String],
-    step: &str,
-) -> Result<()> {
-    engine
-        .block(engine.docker.connect_network(
-            net,
-            NetworkConnectRequest {
-                container: id.to_string(),
-                endpoint_config: Some(blueprint::endpoint(aliases)),
-            },
-        ))
-        .map_err(|e| Error::docker(step, format!("connect {name} to {net}"), e))
+    ip: Option<&str>,
+) -> std::result::Result<(), bollard::errors::Error> {
+    engine.block(engine.docker.connect_network(
+        net,
+        NetworkConnectRequest {
+            container: id.to_string(),
+            endpoint_config: Some(blueprint::endpoint(aliases, ip)),
+        },
+    ))
+}
+
+/// Disconnects a container from a network.
+pub(crate) fn disconnect(
+    engine: &Engine,
+    id: &str,
+    net: &str,
+) -> std::result::Result<(), bollard::errors::Error> {
+    engine.block(engine.docker.disconnect_network(
+        net,
+        NetworkDisconnectRequest {
+            container: id.to_string(),
+            force: Some(false),
+        },
+    ))
 }
 
 /// Starts a created container; when the engine refuses, its logs are shown first.

@@ -7,16 +7,17 @@
 //! step's time in ms. The library API ([`replace`]) does the same for other tools (`restore`).
 //!
 //! Where each part lives: this file is the command line; [`replace`] (replace.rs) the step
-//! order and its undo; preflight.rs what is checked before anything changes and the
-//! [switch plan](preflight::SwitchPlan); blueprint.rs the new container's configuration;
-//! containers.rs the Docker primitives (create, start, stop, retention); health.rs the wait
-//! for the new container; switch.rs moving traffic (nginx, alias) and the drain; nginx.rs the
-//! upstream file and nginx's processes; plan.rs `--dry-run`; lock.rs the deploy lock;
-//! request.rs and report.rs what goes in and what comes out.
+//! order and its undo; leftovers.rs what an interrupted swap left; preflight.rs what is
+//! checked before anything changes, and the switch plan; blueprint.rs the new container's
+//! configuration; containers.rs the Docker primitives (create, start, stop, retention);
+//! health.rs the wait for the new container; switch.rs moving traffic (nginx, alias) and the
+//! drain; nginx.rs the upstream file and nginx's processes; plan.rs `--dry-run`; lock.rs the
+//! deploy lock; request.rs and report.rs what goes in and what comes out.
 
 mod blueprint;
 mod containers;
 mod health;
+mod leftovers;
 pub mod lock;
 mod nginx;
 mod plan;

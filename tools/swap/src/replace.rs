@@ -16,6 +16,7 @@ use kit::{log, Error, Result};
 
 use crate::containers;
 use crate::health;
+use crate::leftovers;
 use crate::lock::Lock;
 use crate::plan;
 use crate::preflight::{self, Preflight, SwitchPlan};
@@ -110,7 +111,7 @@ impl Swap<'_> {
 
         self.begin("preflight")?;
         if !req.dry_run {
-            preflight::reconcile(self.engine, req)?;
+            leftovers::reconcile(self.engine, req)?;
         }
         let pre = preflight::check(self.engine, req)?;
         self.report.image_id.clone_from(&pre.image_id);
@@ -367,7 +368,12 @@ impl Swap<'_> {
                     .find(|(n, _)| *n == plan.network)
                     .map(|(_, a)| a.clone())
                     .unwrap_or_default();
-                let switched = switch::alias(self.engine, plan, &aliases, &id, &self.new_name)?;
+                let (mut switched, fixed) =
+                    switch::alias(self.engine, plan, &aliases, &id, &self.new_name)?;
+                if let (true, Some(old)) = (fixed, &pre.old) {
+                    switched.old_left_dns =
+                        switch::leave_dns(self.engine, plan, old, &self.req.container);
+                }
                 if let Some(new) = self.report.new.as_mut() {
                     new.ip.clone_from(&switched.ip);
                 }

@@ -123,6 +123,10 @@ pub struct AliasSwitch {
     pub alias: String,
     /// The new container's address on that network.
     pub ip: Option<String>,
+    /// The old container left DNS at the switch, keeping its address until it stopped (a
+    /// network with a configured subnet).
+    #[serde(default)]
+    pub old_left_dns: bool,
 }
 
 /// How the old side drained.
@@ -211,6 +215,7 @@ mod tests {
                 network: "app".into(),
                 alias: "frontend".into(),
                 ip: None,
+                old_left_dns: true,
             })),
             drain: Some(Drain::Window {
                 window_ms: 3000,
@@ -238,6 +243,7 @@ mod tests {
                     network: "n".into(),
                     alias: "a".into(),
                     ip: None,
+                    old_left_dns: false,
                 })
             }),
             dry_run,

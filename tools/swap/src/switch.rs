@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bollard::models::NetworkDisconnectRequest;
+use bollard::models::ContainerInspectResponse;
 use kit::docker::Engine;
 use kit::{log, Error, Result};
 
@@ -131,35 +131,106 @@ pub(crate) fn nginx(
 
 /// Gives the new container the alias on the plan's network (a reconnect: Docker changes an
 /// endpoint's aliases no other way). `aliases` are its other aliases there.
+///
+/// It is reconnected at its own address first: that succeeds only on a network whose subnet
+/// the user configured, and tells whether the old container can later leave DNS while keeping
+/// its address ([`leave_dns`]); the new container serves nothing yet, so asking costs nothing.
 pub(crate) fn alias(
     engine: &Engine,
     plan: &AliasPlan,
     aliases: &[String],
     id: &str,
     new_name: &str,
-) -> Result<AliasSwitch> {
+) -> Result<(AliasSwitch, bool)> {
     let (net, alias) = (&plan.network, &plan.alias);
     let mut aliases = aliases.to_vec();
     aliases.push(alias.clone());
     log::info(&format!("giving {new_name} the alias {alias} on {net}"));
-    engine
-        .block(engine.docker.disconnect_network(
-            net,
-            NetworkDisconnectRequest {
-                container: id.to_string(),
-                force: Some(false),
-            },
-        ))
+    let before = engine
+        .inspect(id)?
+        .and_then(|c| containers::ip_on(&c, std::slice::from_ref(net)));
+    containers::disconnect(engine, id, net)
         .map_err(|e| Error::docker("switch", format!("disconnect {new_name} from {net}"), e))?;
-    containers::connect(engine, id, new_name, net, &aliases, "switch")?;
+    let connect_err = |e| Error::docker("switch", format!("connect {new_name} to {net}"), e);
+    let fixed = match before.as_deref() {
+        Some(ip) => match containers::connect(engine, id, net, &aliases, Some(ip)) {
+            Ok(()) => true,
+            Err(e) if refuses_fixed_addresses(&e) => {
+                containers::connect(engine, id, net, &aliases, None).map_err(connect_err)?;
+                false
+            }
+            Err(e) => return Err(connect_err(e)),
+        },
+        None => {
+            containers::connect(engine, id, net, &aliases, None).map_err(connect_err)?;
+            false
+        }
+    };
     let ip = engine
         .inspect(id)?
         .and_then(|c| containers::ip_on(&c, std::slice::from_ref(net)));
-    Ok(AliasSwitch {
-        network: net.clone(),
-        alias: alias.clone(),
-        ip,
-    })
+    Ok((
+        AliasSwitch {
+            network: net.clone(),
+            alias: alias.clone(),
+            ip,
+            old_left_dns: false,
+        },
+        fixed,
+    ))
+}
+
+/// The engine's answer to a fixed address on a network whose subnet it chose itself.
+fn refuses_fixed_addresses(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { message, .. }
+        if message.contains("user configured subnets"))
+}
+
+/// alias, on a network with a configured subnet: takes the old container out of DNS (its
+/// endpoint reconnected without the alias, at the same address) so that proxies resolving
+/// the alias stop getting its address while it still answers. Without this, a proxy that
+/// cached the old address after the old container stopped waits on it until its connect
+/// timeout. False (with a warning) when the engine refused; the old container then keeps
+/// the alias until it stops.
+pub(crate) fn leave_dns(
+    engine: &Engine,
+    plan: &AliasPlan,
+    old: &ContainerInspectResponse,
+    name: &str,
+) -> bool {
+    let net = &plan.network;
+    let id = old.id.clone().unwrap_or_default();
+    let Some(ip) = containers::ip_on(old, std::slice::from_ref(net)) else {
+        return false;
+    };
+    let short = kit::docker::short_id(&id);
+    let aliases: Vec<String> = old
+        .network_settings
+        .as_ref()
+        .and_then(|s| s.networks.as_ref())
+        .and_then(|n| n.get(net))
+        .and_then(|e| e.aliases.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| *a != plan.alias && !short.starts_with(a.as_str()))
+        .collect();
+    log::info(&format!(
+        "taking {name} out of DNS for {}: reconnected to {net} at {ip} without the alias",
+        plan.alias
+    ));
+    let result = containers::disconnect(engine, &id, net)
+        .and_then(|()| containers::connect(engine, &id, net, &aliases, Some(&ip)));
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn(&format!(
+                "cannot take {name} out of DNS ({e}); it keeps the alias until it stops"
+            ));
+            // Never leave it off the network: its in-flight requests still need it.
+            let _ = containers::connect(engine, &id, net, &aliases, None);
+            false
+        }
+    }
 }
 
 /// nginx: waits until the workers that ran before the reload have exited (they still proxy

@@ -669,6 +669,10 @@ fn alias_moves_to_the_new_container() {
         .run();
     out.code(0);
     assert_eq!(out.record["swap"]["switch"]["alias"], "api");
+    assert_eq!(
+        out.record["swap"]["switch"]["old_left_dns"], false,
+        "the engine chose this network's subnet: no fixed addresses, the old one keeps the alias"
+    );
     let aliases = docker(&[
         "inspect",
         "-f",
@@ -685,6 +689,75 @@ fn alias_moves_to_the_new_container() {
         "exited",
         "swap returns once the old container has stopped"
     );
+}
+
+#[test]
+fn alias_behind_an_nginx_resolving_per_request_fails_no_request_on_a_configured_subnet() {
+    fixtures();
+    let mut cleanup = Cleanup::new();
+    let net = cleanup.network_with_subnet();
+    let name = cleanup.container(&unique("api"));
+    run_app(&name, &net, &["--network-alias", "api", "dkt/app:v1"]);
+    // How proxies that discover containers reach them: the name, resolved per request.
+    let nginx = cleanup.container(&unique("nginx"));
+    let conf = std::env::temp_dir().join(unique("resolving-nginx"));
+    cleanup.dir(&conf);
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("site.conf"),
+        "server {\n    listen 80;\n    resolver 127.0.0.11 valid=1s;\n    location / {\n        \
+         set $api http://api:8000;\n        proxy_pass $api;\n    }\n}\n",
+    )
+    .unwrap();
+    run_app(
+        &nginx,
+        &net,
+        &[
+            "-v",
+            &format!("{}:/etc/nginx/conf.d", conf.display()),
+            "dkt/nginx:latest",
+        ],
+    );
+    let url = format!("http://{}:80/version", testkit::ip_of(&nginx, &net));
+    assert!(
+        eventually(Duration::from_secs(10), || http_get(
+            &url,
+            Duration::from_secs(1)
+        )
+        .is_ok_and(|r| r.0 == 200)),
+        "nginx never served"
+    );
+    let locks = std::env::temp_dir().join(unique("locks"));
+    cleanup.dir(&locks);
+    let load = Load::start(&url, 4);
+    let out = tool("swap")
+        .args(["--service", "api", "--container", &name])
+        .args([
+            "--image",
+            "dkt/app:v2",
+            "--strategy",
+            "alias",
+            "--drain",
+            "2s",
+        ])
+        .arg("--lock-dir")
+        .arg(&locks)
+        .run();
+    // Load past the moment the old one stopped, while nginx's cache (1 s) could still hold it.
+    std::thread::sleep(Duration::from_secs(2));
+    let tally = load.finish();
+    out.code(0).stderr_has("out of DNS for api: reconnected to");
+    assert_eq!(
+        out.record["swap"]["switch"]["old_left_dns"], true,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        tally.failures.is_empty(),
+        "failed requests: {:?}",
+        tally.failures
+    );
+    assert_eq!(tally.versions, ["v1", "v2"], "both versions answered");
 }
 
 #[test]

@@ -15,6 +15,10 @@ the deploy started in the middle:
                                      upstream file pointed at the new address and nginx reloaded
   20 requests of 2 s each            started just before the switch: all must return 200
   never-healthy image                swap aborts within its health budget; 0 failed requests
+  alias behind a resolving nginx     `--strategy alias` with nginx resolving the alias per
+                                     request (`resolver 127.0.0.11 valid=1s`), hey: on a network
+                                     whose subnet the engine chose, and on one with a configured
+                                     subnet (the old container then leaves DNS at the switch)
 
 Bars: 0 non-2xx and 0 errors for the first two; 0 non-2xx for wrk keep-alive (its socket
 errors reported); both versions answered; swap's overhead (total - time to healthy - drain)
@@ -154,11 +158,69 @@ class Site:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class AliasSite:
+    """The service `api` found by its network alias, behind an nginx that resolves the alias per
+    request, as proxies that discover containers do."""
+
+    def __init__(self, swap_bin, subnet):
+        self.swap_bin = swap_bin
+        kind = "subnet" if subnet else "auto"
+        self.net = f"{TAG}-alias-{kind}"
+        self.nginx = f"{TAG}-alias-{kind}-nginx"
+        self.api = f"{TAG}-alias-{kind}-api"
+        self.dir = tempfile.mkdtemp(prefix="dkt-bench-swap-alias-")
+        self.locks = os.path.join(self.dir, "locks")
+        conf = os.path.join(self.dir, "conf.d")
+        os.makedirs(conf)
+        with open(os.path.join(conf, "site.conf"), "w") as f:
+            f.write("server {\n    listen 80;\n    resolver 127.0.0.11 valid=1s;\n"
+                    "    location / {\n        set $api http://api:8000;\n"
+                    "        proxy_pass $api;\n    }\n}\n")
+        create = ["network", "create", "--label", LABEL]
+        if subnet:
+            for n in range(256):
+                p = subprocess.run(["docker", *create, "--subnet", f"10.254.{n}.0/24", self.net],
+                                   capture_output=True, text=True, check=False)
+                if p.returncode == 0:
+                    break
+            else:
+                raise SystemExit("bench-swap: no free 10.254.x.0/24 subnet")
+        else:
+            docker(*create, self.net)
+        docker("run", "-d", "--name", self.api, "--label", LABEL, "--network", self.net,
+               "--network-alias", "api", "dkt/app:v1")
+        docker("run", "-d", "--name", self.nginx, "--label", LABEL, "--network", self.net,
+               "-v", f"{conf}:/etc/nginx/conf.d", "dkt/nginx:latest")
+        self.url = f"http://{ip_of(self.nginx, self.net)}:80"
+        wait_for(lambda: version(self.url) is not None, 10)
+
+    def swap(self, image):
+        p = subprocess.run([self.swap_bin, "-q", "--service", "api", "--container", self.api,
+                            "--image", image, "--strategy", "alias", "--drain", "3s",
+                            "--health-path", "/health", "--lock-dir", self.locks],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            say(f"swap (alias) failed:\n{p.stderr}")
+        try:
+            switch = json.loads(p.stdout).get("swap", {}).get("switch", {})
+        except json.JSONDecodeError:
+            switch = {}
+        left = "old left DNS at the switch" if switch.get("old_left_dns") else "old kept the alias"
+        return f"exit {p.returncode}, {left}"
+
+    def cleanup(self):
+        subprocess.run(["bash", "-c",
+                        f"docker ps -aq --filter name=^/{self.net} | xargs -r docker rm -f -v"],
+                       capture_output=True, check=False)
+        subprocess.run(["docker", "network", "rm", self.net], capture_output=True, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def version(url):
     try:
         with urllib.request.urlopen(url + "/version", timeout=2) as r:
             return r.read().decode().strip()
-    except Exception:
+    except (OSError, ValueError):
         return None
 
 
@@ -203,7 +265,7 @@ def run_wrk(url, keepalive, deploy):
     return {
         "requests": int(re.search(r"BENCH requests (\d+)", out).group(1)),
         "non2xx": int(re.search(r"BENCH non2xx (\d+)", out).group(1)),
-        "errors": dict(zip(["connect", "read", "write", "timeout"], errors)),
+        "errors": dict(zip(["connect", "read", "write", "timeout"], errors, strict=True)),
         "versions": sorted(v for v in versions if v != "none"),
         "deploy": result,
     }
@@ -221,12 +283,13 @@ def run_hey(url, deploy):
     statuses = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
     err_section = out.split("Error distribution:")[1] if "Error distribution:" in out else ""
     errors = sum(int(n) for n in re.findall(r"\[(\d+)\]", err_section))
+    slowest = re.search(r"Slowest:\s+([\d.]+) secs", out)
     return {
         "requests": sum(statuses.values()) + errors,
         "non2xx": sum(n for c, n in statuses.items() if not 200 <= c < 300),
         "errors": {"all": errors},
         "versions": sorted(sampler.seen),
-        "deploy": result,
+        "deploy": result + (f"; slowest request {float(slowest[1]):.2f} s" if slowest else ""),
     }
 
 
@@ -319,7 +382,7 @@ def main():
         say("a never-healthy image (NEVER_HEALTHY=1, health budget 5 s)")
 
         def never_healthy():
-            code, rec, elapsed, _ = site.swap("dkt/app:v3", "--env", "NEVER_HEALTHY=1",
+            code, _rec, elapsed, _ = site.swap("dkt/app:v3", "--env", "NEVER_HEALTHY=1",
                                                "--health-timeout", "5s")
             return f"exit {code} after {elapsed:.1f} s (budget 5 s)"
 
@@ -327,6 +390,16 @@ def main():
                      run_wrk(site.url, False, never_healthy)))
         live = docker("inspect", "-f", "{{.Config.Image}} {{.State.Status}}",
                       site.backend_container)
+
+        for subnet in (False, True):
+            kind = "a configured subnet" if subnet else "a subnet the engine chose"
+            say(f"alias behind an nginx resolving per request, on {kind}, under hey")
+            alias = AliasSite(swap_bin, subnet)
+            try:
+                rows.append((f"alias behind nginx resolving per request, {kind}, hey",
+                             run_hey(alias.url, lambda a=alias: a.swap("dkt/app:v2"))))
+            finally:
+                alias.cleanup()
 
         say("compose-style recreate under wrk keep-alive")
         # Hand the service over to compose: stop swap's container, let compose own `backend`.

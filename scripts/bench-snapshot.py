@@ -122,17 +122,17 @@ def bench(d, snapshot, restore, net, backend, frontend):
     services = ["--service", backend, "--service", frontend]
     ours, today = [], []
     snap_id = None
-    for i in range(TRIALS):
+    for _ in range(TRIALS):
         took, out = timed([snapshot, "-q", "--dir", d, *services], d)
         ours.append(took)
         snap_id = json.loads(out)["snapshot"]["id"]
         took, _ = timed(["bash", "-c",
-                         'b=backups-cp/$(date +%Y%m%d_%H%M%S); mkdir -p "$b" && '
-                         'cp docker-compose.yml .env.production "$b"/ && '
-                         f'docker inspect {backend} {frontend} > "$b"/containers.json'], d)
+                         ('b=backups-cp/$(date +%Y%m%d_%H%M%S); mkdir -p "$b" && '
+                          'cp docker-compose.yml .env.production "$b"/ && '
+                          f'docker inspect {backend} {frontend} > "$b"/containers.json')], d)
         today.append(took)
     snap_ours, snap_today = statistics.median(ours), statistics.median(today)
-    cp_dir = os.path.join("backups-cp", sorted(os.listdir(os.path.join(d, "backups-cp")))[-1])
+    cp_dir = os.path.join("backups-cp", max(os.listdir(os.path.join(d, "backups-cp"))))
 
     ours, today, inner = [], [], []
     for i in range(TRIALS):
@@ -149,7 +149,7 @@ def bench(d, snapshot, restore, net, backend, frontend):
     files_ours, files_today = statistics.median(ours), statistics.median(today)
 
     ours, today, health = [], [], []
-    for i in range(SWAP_TRIALS):
+    for _ in range(SWAP_TRIALS):
         sh("docker", "rm", "-f", backend)
         run_app(backend, net, "dkt/app:v2")
         wait_healthy(backend, 0.1)

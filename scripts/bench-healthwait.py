@@ -103,7 +103,7 @@ def main():
     ms = lambda s: f"{s * 1000:.1f} ms"
     med_ours, med_loop = statistics.median(d_ours), statistics.median(d_loop)
     rows = [
-        ("readiness delay, median of %d" % TRIALS, ms(med_ours), ms(med_loop),
+        (f"readiness delay, median of {TRIALS}", ms(med_ours), ms(med_loop),
          f"{med_ours / med_loop:.3f}", "<= 150 ms", "yes" if med_ours <= 0.150 else "NO"),
         ("readiness delay, max", ms(max(d_ours)), ms(max(d_loop)), "", "", ""),
         ("CPU while waiting 10 s", ms(cpu_ours), ms(cpu_loop), "", "< 50 ms",
