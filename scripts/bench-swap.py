@@ -38,6 +38,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOAD_SECONDS = int(os.environ.get("BENCH_SECONDS", "12"))
 CONNECTIONS = 20
+ALIAS_RUNS = int(os.environ.get("BENCH_ALIAS_RUNS", "3"))
 TAG = f"dkt-bench-swap-{os.getpid()}"
 LABEL = "io.deploykit.test=1"
 
@@ -393,13 +394,25 @@ def main():
 
         for subnet in (False, True):
             kind = "a configured subnet" if subnet else "a subnet the engine chose"
-            say(f"alias behind an nginx resolving per request, on {kind}, under hey")
-            alias = AliasSite(swap_bin, subnet)
-            try:
-                rows.append((f"alias behind nginx resolving per request, {kind}, hey",
-                             run_hey(alias.url, lambda a=alias: a.swap("dkt/app:v2"))))
-            finally:
-                alias.cleanup()
+            runs = []
+            for n in range(ALIAS_RUNS):
+                say(f"alias behind an nginx resolving per request, on {kind}, under hey "
+                    f"({n + 1} of {ALIAS_RUNS})")
+                alias = AliasSite(swap_bin, subnet)
+                try:
+                    runs.append(run_hey(alias.url, lambda a=alias: a.swap("dkt/app:v2")))
+                finally:
+                    alias.cleanup()
+            stalled = sum(1 for r in runs if r["errors"]["all"])
+            rows.append((f"alias behind nginx resolving per request, {kind}, hey, "
+                         f"{ALIAS_RUNS} runs summed", {
+                             "requests": sum(r["requests"] for r in runs),
+                             "non2xx": sum(r["non2xx"] for r in runs),
+                             "errors": {"all": sum(r["errors"]["all"] for r in runs)},
+                             "versions": sorted({v for r in runs for v in r["versions"]}),
+                             "deploy": f"{runs[0]['deploy'].split(';')[0]}; "
+                                       f"runs with stuck requests: {stalled} of {ALIAS_RUNS}",
+                         }))
 
         say("compose-style recreate under wrk keep-alive")
         # Hand the service over to compose: stop swap's container, let compose own `backend`.
@@ -426,13 +439,18 @@ def main():
           f"drain {slow_rec.get('drain', {}).get('ms', '?')} ms |")
     print(f"\nAfter the never-healthy attempt the live container was: `{live}`.\n")
     print("### swap's own overhead (total − new container's time to healthy − drain; bar ≤ 1000 ms)\n")
-    print("| swap | total ms | start + healthy ms | drain ms | overhead ms |")
-    print("|---|---:|---:|---:|---:|")
+    print("| swap | total ms | start + healthy ms | drain ms | overhead ms | of which: "
+          "preflight, create, switch, stop, cleanup ms |")
+    print("|---|---:|---:|---:|---:|---|")
     for i, rec in enumerate(overheads, 1):
         ms = rec.get("ms", {})
         healthy = ms.get("start", 0) + rec.get("health", {}).get("elapsed_ms", 0)
+        parts = ", ".join(str(ms.get(k, "?")) for k in
+                          ("preflight", "create", "switch", "stop", "cleanup"))
         print(f"| {i} ({rec.get('image', '?')}) | {ms.get('total', '?')} | {healthy} "
-              f"| {ms.get('drain', 0)} | {rec.get('overhead_ms', '?')} |")
+              f"| {ms.get('drain', 0)} | {rec.get('overhead_ms', '?')} | {parts} |")
+    print(f"\nLoad average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} cores.")
 
 
 if __name__ == "__main__":
