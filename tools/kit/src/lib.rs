@@ -6,6 +6,7 @@
 //! `fn main() -> std::process::ExitCode { kit::main::<healthwait::Args>() }`.
 
 pub mod docker;
+pub mod endpoint;
 pub mod envfile;
 pub mod error;
 pub mod github;
