@@ -16,6 +16,7 @@ pub mod lock;
 pub mod log;
 pub mod record;
 pub mod registry;
+pub mod swarm;
 
 use std::io::Write;
 use std::process::ExitCode;
