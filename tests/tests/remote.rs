@@ -340,11 +340,20 @@ impl Sshd {
         )
         .expect("ssh wrapper");
         run("chmod", &["755", &p("bin/ssh")]);
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f", &p("sshd_config")])
+        // sshd goes when this test's process goes, even when the run is killed (no Drop).
+        let watch = format!(
+            "/usr/sbin/sshd -D -e -f {} 2>>{} & sshd=$!\n\
+             while kill -0 {} 2>/dev/null && kill -0 $sshd 2>/dev/null; do sleep 1; done\n\
+             kill $sshd 2>/dev/null",
+            p("sshd_config"),
+            p("sshd.log"),
+            std::process::id()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &watch])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(d.join("sshd.log")).expect("sshd.log"))
+            .stderr(Stdio::null())
             .spawn()
             .expect("start sshd");
         assert!(
@@ -393,6 +402,9 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        if let Ok(pid) = fs::read_to_string(self.dir.path().join("sshd.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
