@@ -32,6 +32,10 @@ bench-build:
 bench-snapshot:
     scripts/bench-snapshot.py
 
+# The test swarm: two-node swarm up/down time; healthwait --service vs `docker service update` and a `docker service ps` loop
+bench-swarm:
+    scripts/bench-swarm
+
 # The main job on a local default: a real deploy end to end (scripts/demo clean undoes it)
 demo:
     scripts/demo
@@ -124,4 +128,4 @@ share dir="target/share":
     echo "man pages and completions in {{dir}} (e.g. MANPATH={{dir}}/man man swap)" >&2
 
 # Every benchmark, one table each
-bench: bench-healthwait bench-build bench-swap bench-snapshot bench-notify
+bench: bench-healthwait bench-build bench-swap bench-snapshot bench-notify bench-swarm

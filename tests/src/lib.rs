@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{json, Value};
 
+pub mod swarm;
+
 /// The label every test-made container, network and image carries.
 pub const LABEL: &str = "io.deploykit.test=1";
 

@@ -2,24 +2,31 @@
 //!
 //! Reads from the record: the target when no target flag is given (`swap.health_url`, else
 //! `restore.health_url`). Adds `healthwait`: target, healthy, attempts, elapsed_ms,
-//! last_status and last (the last probe's result in words). Exit 0 healthy, 1 not healthy
-//! within the budget (or never able to be: a container that exited), 2 bad input.
+//! last_status and last (the last probe's result in words); for Swarm services also
+//! `services[]`, each with its tasks per node and when it converged. Exit 0 healthy (or
+//! converged), 1 not within the budget (or never able to be: a container that exited, a service
+//! whose tasks keep failing), 2 bad input (a service that does not exist).
 
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use kit::docker::Engine;
-use kit::health::{HttpCheck, Schedule, StatusSet, Target, Wait};
+use kit::health::{HttpCheck, Outcome, Schedule, StatusSet, Target, Wait};
+use kit::swarm::{ServiceReport, Services};
 use kit::{Common, Done, Error, Record, Result, Tool};
 use regex::Regex;
+use serde::Serialize;
 
 /// Wait until a service is healthy: an HTTP endpoint answers as expected, a container's own
-/// HEALTHCHECK says healthy, or a TCP port accepts connections.
+/// HEALTHCHECK says healthy, a TCP port accepts connections, or Swarm services have converged.
 ///
 /// With no budget flags it waits up to 60 s, probing quickly at first and then every 250 ms,
 /// so readiness is noticed at once without hammering the app.
 #[derive(Debug, Parser)]
-#[command(version, group(ArgGroup::new("target").args(["url", "tcp", "container"])))]
+#[command(
+    version,
+    group(ArgGroup::new("target").args(["url", "tcp", "container", "services", "stack"]))
+)]
 pub struct Args {
     /// HTTP(S) URL to GET, e.g. http://127.0.0.1:8000/api/v1/health
     #[arg(long, value_name = "URL")]
@@ -32,6 +39,18 @@ pub struct Args {
     /// Container whose Docker HEALTHCHECK must report healthy; fails fast if it exits
     #[arg(long, value_name = "NAME")]
     pub container: Option<String>,
+
+    /// Swarm service that must converge (repeatable): the replicas of its current spec all
+    /// running, and healthy when its image has a HEALTHCHECK, and no task of an older spec left.
+    /// Fails fast when its tasks keep failing or its update was rolled back. DOCKER_HOST must
+    /// be a Swarm manager
+    #[arg(long = "service", value_name = "NAME")]
+    pub services: Vec<String>,
+
+    /// Every service of this stack (`docker stack deploy`'s label com.docker.stack.namespace)
+    /// must converge, as --service
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
 
     /// Accepted HTTP statuses: 200, 2xx, 200,204 or 200-299
     #[arg(long, default_value = "200", value_name = "STATUSES", value_parser = StatusSet::parse)]
@@ -90,29 +109,62 @@ impl Tool for Args {
     fn run(self, record: &mut Record) -> Result<Done> {
         let wait = self.wait(record)?;
         let engine = match wait.target {
-            Target::Container(_) => Some(Engine::connect("health")?),
+            Target::Container(_) | Target::Swarm(_) => Some(Engine::connect("health")?),
             _ => None,
         };
-        let outcome = wait.run(engine.as_ref(), &|| false)?;
-        if let (false, Target::Container(name), Some(engine)) =
-            (outcome.healthy, &wait.target, &engine)
-        {
-            kit::docker::report_failed_container(engine, name);
+        // Services that do not exist are bad input, said before any waiting.
+        let mut convergence = match (&wait.target, &engine) {
+            (Target::Swarm(services), Some(engine)) => {
+                Some(kit::swarm::Convergence::new(engine, services)?)
+            }
+            _ => None,
+        };
+        let outcome = wait.run_tracking(engine.as_ref(), &|| false, &mut convergence)?;
+        let report = Report {
+            services: convergence
+                .as_ref()
+                .map(kit::swarm::Convergence::reports)
+                .unwrap_or_default(),
+            outcome,
+        };
+        let outcome = &report.outcome;
+        if !outcome.healthy {
+            match (&wait.target, &engine) {
+                (Target::Container(name), Some(engine)) => {
+                    kit::docker::report_failed_container(engine, name)
+                }
+                (Target::Swarm(_), Some(engine)) => {
+                    kit::swarm::report_failed_tasks(engine, &report.services, 3)
+                }
+                _ => {}
+            }
         }
         if outcome.healthy {
-            Ok(Done::ok(outcome))
-        } else {
-            let message = format!(
-                "{} not healthy after {} ({} attempts): {}",
-                outcome.target,
-                kit::human(Duration::from_millis(outcome.elapsed_ms)),
-                outcome.attempts,
-                outcome.last
-            );
-            record.set(Self::NAME, &outcome);
-            Err(Error::step("health", message))
+            return Ok(Done::ok(report));
         }
+        let took = kit::human(Duration::from_millis(outcome.elapsed_ms));
+        let message = match &wait.target {
+            Target::Swarm(services) => format!(
+                "{services} did not converge after {took} ({} looks): {}",
+                outcome.attempts, outcome.last
+            ),
+            _ => format!(
+                "{} not healthy after {took} ({} attempts): {}",
+                outcome.target, outcome.attempts, outcome.last
+            ),
+        };
+        record.set(Self::NAME, &report);
+        Err(Error::step("health", message))
     }
+}
+
+/// What healthwait adds to the record: the wait's outcome, and for Swarm services their tasks.
+#[derive(Debug, Serialize)]
+struct Report {
+    #[serde(flatten)]
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    services: Vec<ServiceReport>,
 }
 
 impl Args {
@@ -127,6 +179,22 @@ impl Args {
                 return Err(Error::input("--container", "empty container name"));
             }
             Target::Container(name.clone())
+        } else if !self.services.is_empty() {
+            if let Some(bad) = self.services.iter().find(|s| !valid_name(s)) {
+                return Err(Error::input(
+                    "--service",
+                    format!("'{bad}' is not a service name"),
+                ));
+            }
+            Target::Swarm(Services::Named(self.services.clone()))
+        } else if let Some(stack) = &self.stack {
+            if !valid_name(stack) {
+                return Err(Error::input(
+                    "--stack",
+                    format!("'{stack}' is not a stack name"),
+                ));
+            }
+            Target::Swarm(Services::Stack(stack.clone()))
         } else if let Some(url) = record.string("swap.health_url")? {
             self.http(&url, "swap.health_url")?
         } else if let Some(url) = record.string("restore.health_url")? {
@@ -134,7 +202,7 @@ impl Args {
         } else {
             return Err(Error::input(
                 "target",
-                "nothing to wait for: give --url, --tcp or --container, or pipe a record with swap.health_url",
+                "nothing to wait for: give --url, --tcp, --container, --service or --stack, or pipe a record with swap.health_url",
             ));
         };
         let schedule = match (self.attempts, self.timeout) {
@@ -196,6 +264,16 @@ impl Args {
             headers,
         }))
     }
+}
+
+/// A Swarm service or stack name (or a service id): letters, digits, `_`, `.`, `-`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with(['-', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// `host:port` with a numeric port; the host may be a name, an IPv4 or a bracketed IPv6.

@@ -1,9 +1,10 @@
 //! The Docker Engine connection and the container helpers several tools need.
 //!
-//! The connection follows `DOCKER_HOST` exactly as the docker CLI does (`unix://`, `tcp://`,
-//! `http://`; the local socket when unset), so the same tools drive a remote engine or a Swarm
-//! manager. Tools are synchronous: [`Engine::block`] runs one Docker call to completion on a
-//! small current-thread runtime.
+//! The connection follows `DOCKER_HOST` and the TLS settings exactly as the docker CLI does
+//! (`unix://`, `tcp://` with or without `DOCKER_TLS_VERIFY`, `ssh://`; the local socket when
+//! unset: see [`crate::endpoint`]), so the same tools drive a remote engine or a Swarm manager.
+//! Tools are synchronous: [`Engine::block`] runs one Docker call to completion on a small
+//! current-thread runtime.
 
 use std::future::Future;
 
@@ -14,39 +15,68 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use crate::endpoint::{Endpoint, CONNECT_TIMEOUT};
 use crate::error::{Error, Result};
 
 /// A connected Docker Engine and the runtime its calls run on.
 pub struct Engine {
     rt: tokio::runtime::Runtime,
     pub docker: Docker,
+    /// Where it is, as read from the environment.
+    pub endpoint: Endpoint,
 }
 
 /// Where the engine is, as the user set it: `DOCKER_HOST` or the local socket.
 pub fn host() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+    crate::endpoint::describe_env()
 }
 
 impl Engine {
-    /// Connects and pings the engine, so an engine that is down fails at once with one clear
-    /// line rather than in the middle of a step.
+    /// Connects and pings the engine, so an engine that is down, or whose certificate does not
+    /// verify, fails at once with one clear line rather than in the middle of a step. Settings
+    /// that cannot work (a scheme we do not speak, a certificate file missing) are bad input.
     pub fn connect(step: &str) -> Result<Engine> {
+        let endpoint = Endpoint::from_env()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io(step, "cannot start the async runtime", e))?;
-        let unreachable = |e: bollard::errors::Error| {
+        let unreachable = |why: String| {
+            let hint = match &endpoint {
+                Endpoint::Unix(_) => "; is it running?",
+                _ => "",
+            };
+            let source = if std::env::var_os("DOCKER_HOST").is_some() {
+                " (DOCKER_HOST)"
+            } else {
+                ""
+            };
             Error::step(
                 step,
                 format!(
-                    "cannot reach the Docker Engine at {} ({e}); is it running?",
+                    "cannot reach the Docker Engine at {}{source}: {why}{hint}",
                     host()
                 ),
             )
         };
-        let docker = Docker::connect_with_defaults().map_err(unreachable)?;
-        rt.block_on(docker.ping()).map_err(unreachable)?;
-        Ok(Engine { rt, docker })
+        let docker = endpoint
+            .connect()
+            .map_err(|e| unreachable(endpoint.explain(&e)))?;
+        match rt.block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, docker.ping()).await }) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unreachable(endpoint.explain(&e))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}",
+                    crate::human(CONNECT_TIMEOUT)
+                )))
+            }
+        }
+        Ok(Engine {
+            rt,
+            docker,
+            endpoint,
+        })
     }
 
     /// Runs a future (a Docker call) to completion.

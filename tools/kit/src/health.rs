@@ -24,6 +24,8 @@ pub enum Target {
     Tcp(String),
     /// A container whose HEALTHCHECK must say healthy (or, without one, that must be running).
     Container(String),
+    /// Swarm services that must converge (see [`crate::swarm`]).
+    Swarm(crate::swarm::Services),
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,7 @@ impl fmt::Display for Target {
             }),
             Target::Tcp(addr) => write!(f, "tcp://{addr}"),
             Target::Container(name) => write!(f, "container {name} (HEALTHCHECK)"),
+            Target::Swarm(services) => write!(f, "{services} to converge"),
         }
     }
 }
@@ -203,6 +206,17 @@ impl Wait {
     /// then a line at most every `PROGRESS_EVERY`. `stop` is asked between probes (swap uses it
     /// to abandon a wait on SIGTERM).
     pub fn run(&self, engine: Option<&Engine>, stop: &dyn Fn() -> bool) -> Result<Outcome> {
+        self.run_tracking(engine, stop, &mut None)
+    }
+
+    /// [`Wait::run`], keeping what a Swarm target's wait learnt in `convergence` (its tasks per
+    /// node, when each service converged: [`crate::swarm::Convergence::reports`]).
+    pub fn run_tracking(
+        &self,
+        engine: Option<&Engine>,
+        stop: &dyn Fn() -> bool,
+        convergence: &mut Option<crate::swarm::Convergence>,
+    ) -> Result<Outcome> {
         const PROGRESS_EVERY: Duration = Duration::from_secs(3);
         let start = Instant::now();
         let deadline = match self.schedule {
@@ -251,12 +265,33 @@ impl Wait {
                         None,
                     )
                 }
+                Target::Swarm(services) => {
+                    let engine = engine.ok_or_else(|| {
+                        Error::step("health", "a Swarm target needs the Docker Engine")
+                    })?;
+                    let convergence = match convergence {
+                        Some(c) => c,
+                        None => {
+                            convergence.insert(crate::swarm::Convergence::new(engine, services)?)
+                        }
+                    };
+                    let probe = match convergence.look(engine)? {
+                        crate::swarm::Verdict::Converged(w) => Probe::Healthy(w),
+                        crate::swarm::Verdict::Converging(w) => Probe::NotYet(w),
+                        crate::swarm::Verdict::Failed(w) => Probe::Fatal(w),
+                    };
+                    (probe, None)
+                }
             };
             match probe {
                 Probe::Healthy(what) => {
                     let o = outcome(true, attempts, &what, status);
+                    let done = match self.target {
+                        Target::Swarm(_) => "converged",
+                        _ => "healthy",
+                    };
                     crate::log::info(&format!(
-                        "healthy after {} ({} attempt{}): {what}",
+                        "{done} after {} ({} attempt{}): {what}",
                         crate::human(start.elapsed()),
                         attempts,
                         if attempts == 1 { "" } else { "s" }
@@ -264,7 +299,11 @@ impl Wait {
                     return Ok(o);
                 }
                 Probe::Fatal(why) => {
-                    crate::log::info(&format!("cannot become healthy: {why}"));
+                    let cannot = match self.target {
+                        Target::Swarm(_) => "cannot converge",
+                        _ => "cannot become healthy",
+                    };
+                    crate::log::info(&format!("{cannot}: {why}"));
                     return Ok(outcome(false, attempts, &why, status));
                 }
                 Probe::NotYet(why) => {
@@ -272,15 +311,23 @@ impl Wait {
                     let out_of_budget = attempts >= max_attempts
                         || deadline.is_some_and(|d| Instant::now() + pause >= d);
                     if out_of_budget || stop() {
+                        let not = match self.target {
+                            Target::Swarm(_) => "not converged",
+                            _ => "not healthy",
+                        };
                         crate::log::info(&format!(
-                            "not healthy after {} ({attempts} attempts): {why}",
+                            "{not} after {} ({attempts} attempts): {why}",
                             crate::human(start.elapsed())
                         ));
                         return Ok(outcome(false, attempts, &why, status));
                     }
                     if crate::log::is_verbose() || last_report.elapsed() >= PROGRESS_EVERY {
+                        let not_yet = match self.target {
+                            Target::Swarm(_) => "not converged yet",
+                            _ => "not healthy yet",
+                        };
                         crate::log::info(&format!(
-                            "not healthy yet after {} ({attempts} attempts): {why}",
+                            "{not_yet} after {} ({attempts} attempts): {why}",
                             crate::human(start.elapsed())
                         ));
                         last_report = Instant::now();

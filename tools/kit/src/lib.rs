@@ -6,6 +6,7 @@
 //! `fn main() -> std::process::ExitCode { kit::main::<healthwait::Args>() }`.
 
 pub mod docker;
+pub mod endpoint;
 pub mod envfile;
 pub mod error;
 pub mod github;
@@ -16,6 +17,7 @@ pub mod log;
 pub mod record;
 pub mod registry;
 pub mod signals;
+pub mod swarm;
 
 use std::io::Write;
 use std::process::ExitCode;

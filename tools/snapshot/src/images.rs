@@ -173,8 +173,9 @@ pub fn prune(
         failed: Vec::new(),
         bytes: 0,
     };
-    // Oldest first, so the log reads in the order the images were made.
-    let mut ours: BTreeMap<(i64, String), Image> = BTreeMap::new();
+    // Oldest first, so the log reads in the order the images were made; images of the same
+    // second (the engine counts in seconds) by their tags, never by their random ids.
+    let mut ours: BTreeMap<(i64, String, String), Image> = BTreeMap::new();
     for image in images {
         let tags = tags_in(&image.repo_tags, &repositories);
         if tags.is_empty() {
@@ -182,7 +183,7 @@ pub fn prune(
         }
         let only_ours = tags.len() == image.repo_tags.len();
         ours.insert(
-            (image.created, image.id.clone()),
+            (image.created, tags.join(" "), image.id.clone()),
             Image {
                 id: image.id,
                 tags,
