@@ -142,9 +142,17 @@ impl Progress {
             .filter(|v| v.step.is_some())
             .collect();
         steps.sort_by_key(|v| v.number);
+        // A FROM of a local image always shows as cached; the classic builder does not count
+        // it either.
         let cached: Vec<String> = steps
             .iter()
-            .filter(|v| v.cached)
+            .filter(|v| {
+                v.cached
+                    && !v
+                        .step
+                        .as_ref()
+                        .is_some_and(|s| s.instruction.starts_with("FROM "))
+            })
             .map(|v| v.name.clone())
             .collect();
         (steps.len() as u32, cached.len() as u32, cached)
@@ -281,8 +289,8 @@ mod tests {
             ..Default::default()
         });
         let (steps, cached, names) = p.counts();
-        assert_eq!((steps, cached), (3, 2));
-        assert_eq!(names[1], "[builder 2/2] RUN make");
+        assert_eq!((steps, cached), (3, 1));
+        assert_eq!(names, ["[builder 2/2] RUN make"]);
         let (step, _) = p.failed.clone().unwrap();
         let step = step.unwrap();
         assert_eq!(
