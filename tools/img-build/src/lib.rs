@@ -13,6 +13,7 @@
 pub mod buildkit;
 pub mod context;
 pub mod dockerignore;
+pub mod filesync;
 mod git;
 pub mod session;
 
@@ -179,6 +180,13 @@ struct Plan {
     labels: BTreeMap<String, String>,
     build_args: HashMap<String, String>,
     secrets: Vec<session::Secret>,
+    /// What BuildKit's file sync serves: `.dockerignore` as written (the classic builder's
+    /// tar keeps the Dockerfile and `.dockerignore` for the engine to drop), and the
+    /// Dockerfile's directory and name.
+    root: PathBuf,
+    ignore: Matcher,
+    dockerfile_dir: PathBuf,
+    dockerfile_name: String,
     cache_from: Vec<String>,
     /// `Some(true)`: inline cache asked for; `Some(false)`: none; `None`: the default.
     inline_cache: Option<bool>,
@@ -309,9 +317,19 @@ impl Args {
                 ))
             }
         };
+        let ignore = Matcher::parse(ignore_text.as_deref().unwrap_or(""))
+            .map_err(|e| Error::input(".dockerignore", e.to_string()))?;
         let mut matcher = Matcher::parse(ignore_text.as_deref().unwrap_or(""))
             .map_err(|e| Error::input(".dockerignore", e.to_string()))?;
         matcher.keep(".dockerignore");
+        let dockerfile_dir = dockerfile
+            .parent()
+            .map_or_else(|| root.clone(), Path::to_path_buf);
+        let dockerfile_name = dockerfile
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::input("--file", "the Dockerfile's name is not UTF-8"))?
+            .to_string();
 
         let (name, outside) = match dockerfile.strip_prefix(&root) {
             Ok(rel) => {
@@ -387,7 +405,7 @@ impl Args {
         }
         let inline_cache = self.inline_cache()?;
         let context = Context {
-            root,
+            root: root.clone(),
             matcher,
             dockerfile: name,
             outside,
@@ -399,6 +417,10 @@ impl Args {
                 labels,
                 build_args,
                 secrets,
+                root,
+                ignore,
+                dockerfile_dir,
+                dockerfile_name,
                 cache_from,
                 inline_cache,
             },
@@ -476,6 +498,11 @@ impl Args {
                 (linux && (major, minor) >= (1, 39), why)
             }
             Err(e) => (false, format!("its version is unknown: {e}")),
+        };
+        // img-build talks to the engine's BuildKit over a session it opens itself.
+        let offered = match session::supported() {
+            Ok(()) => offered,
+            Err(why) => (false, format!("{}; {why}", offered.1)),
         };
         let buildkit = match self.builder {
             Builder::Buildkit => true,
@@ -603,36 +630,48 @@ impl Args {
             self.dockerfile_path().display()
         ));
 
-        let (mut rx, reader) = context.stream();
-        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        // The first answer comes only once the whole context is unpacked: no 2-minute limit.
+        // Classic: the context as a tar, streamed while it is read. BuildKit: the context is
+        // read through the session's file sync, as the CLI serves it; the request has no body.
         let mut docker = engine
             .docker
             .clone()
+            // The first answer comes only once the whole context is read: no 2-minute limit.
             .with_timeout(Duration::from_secs(24 * 3600));
-        let secrets = plan.secrets.clone();
-        let own_session = !secrets.is_empty();
-        if own_session {
+        let (body, reader, provider) = if buildkit {
+            options = options
+                .remote("client-session")
+                .dockerfile(&plan.dockerfile_name);
+            // bollard's own session (registry auth only) steps aside for ours.
             docker = docker.with_request_modifier(session::bollard_session_renamed);
-        }
-        // bollard's session answers the engine's registry-auth questions (for --cache-from).
-        let credentials = self.cache_credentials(plan);
+            drop(context);
+            let (provider, counter) = filesync::Provider::new(filesync::Dirs {
+                context: plan.root.clone(),
+                ignore: plan.ignore.clone(),
+                dockerfile: plan.dockerfile_dir.clone(),
+            });
+            (
+                bollard::body_full(bytes::Bytes::new()),
+                Err(counter),
+                Some(provider),
+            )
+        } else {
+            let (mut rx, reader) = context.stream();
+            let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            (bollard::body_try_stream(body), Ok(reader), None)
+        };
+        let secrets = plan.secrets.clone();
         let mut log = if buildkit {
             Follow::BuildKit(buildkit::Progress::new())
         } else {
             Follow::Classic(BuildLog::new())
         };
         let result: std::result::Result<Option<String>, BuildError> = engine.block(async {
-            if own_session {
-                session::open(&session_id, secrets)
+            if let Some(provider) = provider {
+                session::open(&session_id, secrets, provider)
                     .await
                     .map_err(BuildError::Session)?;
             }
-            let mut stream = docker.build_image(
-                options.build(),
-                credentials,
-                Some(bollard::body_try_stream(body)),
-            );
+            let mut stream = docker.build_image(options.build(), None, Some(body));
             let mut id = None;
             while let Some(item) = stream.next().await {
                 let info = item.map_err(BuildError::Docker)?;
@@ -658,13 +697,16 @@ impl Args {
             l.flush();
         }
         // The body (and so the reading thread's channel) is gone by now: the thread ends.
-        let sent = match reader.join() {
-            Ok(Ok(sent)) => Some(sent),
-            Ok(Err(e)) => {
-                log.show_tail("the build log before the context failed:");
-                return Err(Error::io("context", "cannot send the build context", e));
-            }
-            Err(_) => None,
+        let sent = match reader {
+            Err(counter) => Some(counter.sent()),
+            Ok(reader) => match reader.join() {
+                Ok(Ok(sent)) => Some(sent),
+                Ok(Err(e)) => {
+                    log.show_tail("the build log before the context failed:");
+                    return Err(Error::io("context", "cannot send the build context", e));
+                }
+                Err(_) => None,
+            },
         };
         log.fold();
         let step = log.step();

@@ -1,14 +1,15 @@
-//! Build secrets: the BuildKit session that serves them, and `--secret` as the docker CLI
-//! spells it.
+//! The BuildKit session: the context's files, build secrets and registry credentials, served
+//! to the engine; and `--secret` as the docker CLI spells it.
 //!
 //! A BuildKit build through the Engine API (`POST /build?version=2&session=ID`) asks the client
-//! for what only the client has — registry credentials, secrets — over a gRPC session the
-//! client opens on `POST /session` (an HTTP upgrade to h2c) and serves. bollard's `build_image`
-//! opens one, but it serves only registry auth (bollard 0.21; later versions serve secrets
-//! too), and the parts it is made of are private. So when `--secret` is given, img-build opens
-//! its own session, serving health (the engine's keep-alive), registry credentials (the docker
-//! config, as [`kit::registry`] reads it) and the secrets, and bollard's session is registered
-//! under another id no build uses (see [`bollard_session_renamed`]).
+//! for what only the client has — the context's files, registry credentials, secrets — over a
+//! gRPC session the client opens on `POST /session` (an HTTP upgrade to h2c) and serves.
+//! bollard's `build_image` opens one, but it serves only registry auth (bollard 0.21; later
+//! versions serve secrets too), and the parts it is made of are private. So img-build opens
+//! its own session, serving health (the engine's keep-alive), the file sync
+//! ([`crate::filesync`]), registry credentials (the docker config, as [`kit::registry`] reads
+//! it) and the secrets, and bollard's session is registered under another id no build uses
+//! (see [`bollard_session_renamed`]).
 //!
 //! A secret is read once, when the input is checked (a missing file is bad input, before
 //! anything runs), registered with [`kit::log::secret`] so no line or record can show it, and
@@ -27,6 +28,7 @@ use bollard::grpc::build::health::{
 };
 use bollard::grpc::build::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use bollard::grpc::build::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
+use bollard::grpc::build::moby::filesync::packet::file_sync_server::FileSyncServer;
 use bollard::grpc::build::moby::filesync::v1::auth_server::{Auth, AuthServer};
 use bollard::grpc::build::moby::filesync::v1::{
     CredentialsRequest, CredentialsResponse, FetchTokenRequest, FetchTokenResponse,
@@ -137,41 +139,21 @@ pub fn bollard_session_renamed(mut req: bollard::BollardRequest) -> bollard::Bol
 
 /// Opens the session `id` on the engine at `DOCKER_HOST` and serves it until the runtime
 /// ends. Returns once the engine has accepted it, so a build started after this finds it.
-pub async fn open(id: &str, secrets: Vec<Secret>) -> Result<()> {
+pub async fn open(id: &str, secrets: Vec<Secret>, files: crate::filesync::Provider) -> Result<()> {
     let step = "session";
-    let failed = |why: String| {
-        Error::step(
-            step,
-            format!("cannot open a BuildKit session for the secrets: {why}"),
-        )
-    };
+    let failed = |why: String| Error::step(step, format!("cannot open a BuildKit session: {why}"));
     let host = kit::docker::host();
-    let io: Box<dyn Io> = if let Some(path) = host.strip_prefix("unix://") {
-        Box::new(
-            tokio::net::UnixStream::connect(path)
+    let io: Box<dyn Io> = match transport().map_err(failed)? {
+        Transport::Unix(path) => Box::new(
+            tokio::net::UnixStream::connect(&path)
                 .await
                 .map_err(|e| failed(format!("{host}: {e}")))?,
-        )
-    } else if let Some(addr) = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("http://"))
-    {
-        if std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty()) {
-            return Err(failed(
-                "--secret talks to the engine itself, over a plain unix:// or tcp:// \
-                 connection, and DOCKER_TLS_VERIFY asks for TLS"
-                    .into(),
-            ));
-        }
-        Box::new(
-            tokio::net::TcpStream::connect(addr.trim_end_matches('/'))
+        ),
+        Transport::Tcp(addr) => Box::new(
+            tokio::net::TcpStream::connect(&addr)
                 .await
                 .map_err(|e| failed(format!("{host}: {e}")))?,
-        )
-    } else {
-        return Err(failed(format!(
-            "--secret needs DOCKER_HOST to be unix:// or tcp://, not {host}"
-        )));
+        ),
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -179,6 +161,7 @@ pub async fn open(id: &str, secrets: Vec<Secret>) -> Result<()> {
     tokio::spawn(conn.with_upgrades());
 
     let methods = [
+        "/moby.filesync.v1.FileSync/diffcopy",
         "/grpc.health.v1.Health/Check",
         "/moby.filesync.v1.Auth/Credentials",
         "/moby.buildkit.secrets.v1.Secrets/GetSecret",
@@ -205,13 +188,14 @@ pub async fn open(id: &str, secrets: Vec<Secret>) -> Result<()> {
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let transport = Transport(TokioIo::new(upgraded));
+    let transport = Upgraded(TokioIo::new(upgraded));
 
     let secrets: HashMap<String, Vec<u8>> = secrets.into_iter().map(|s| (s.id, s.value)).collect();
     let router = tonic::transport::Server::builder()
         .add_service(HealthServer::new(Healthy))
         .add_service(AuthServer::new(Credentials))
-        .add_service(SecretsServer::new(Store(Arc::new(secrets))));
+        .add_service(SecretsServer::new(Store(Arc::new(secrets))))
+        .add_service(FileSyncServer::new(files));
     tokio::spawn(async move {
         let incoming = futures_util::stream::iter([Ok::<_, std::io::Error>(transport)]);
         if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -221,18 +205,54 @@ pub async fn open(id: &str, secrets: Vec<Secret>) -> Result<()> {
     Ok(())
 }
 
+/// How the session reaches the engine: `DOCKER_HOST` as a plain unix:// or tcp:// connection.
+enum Transport {
+    Unix(String),
+    Tcp(String),
+}
+
+/// The session's connection to the engine, or why img-build cannot open one (an engine
+/// behind TLS or ssh: then `--builder auto` picks the classic builder).
+fn transport() -> std::result::Result<Transport, String> {
+    let host = kit::docker::host();
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Ok(Transport::Unix(path.to_string()));
+    }
+    if let Some(addr) = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+    {
+        if std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty()) {
+            return Err(
+                "img-build's BuildKit session is a plain tcp:// connection, and \
+                 DOCKER_TLS_VERIFY asks for TLS"
+                    .into(),
+            );
+        }
+        return Ok(Transport::Tcp(addr.trim_end_matches('/').to_string()));
+    }
+    Err(format!(
+        "img-build's BuildKit session needs DOCKER_HOST to be unix:// or tcp://, not {host}"
+    ))
+}
+
+/// Whether img-build can open a session to this engine; if not, why.
+pub fn supported() -> std::result::Result<(), String> {
+    transport().map(|_| ())
+}
+
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// The upgraded connection, as tonic's server takes it.
-struct Transport(TokioIo<hyper::upgrade::Upgraded>);
+struct Upgraded(TokioIo<hyper::upgrade::Upgraded>);
 
-impl tonic::transport::server::Connected for Transport {
+impl tonic::transport::server::Connected for Upgraded {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-impl AsyncRead for Transport {
+impl AsyncRead for Upgraded {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -242,7 +262,7 @@ impl AsyncRead for Transport {
     }
 }
 
-impl AsyncWrite for Transport {
+impl AsyncWrite for Upgraded {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
