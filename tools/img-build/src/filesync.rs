@@ -10,7 +10,7 @@
 //! few packets are in flight at a time whatever the context's size, and `.dockerignore` is
 //! applied here, by the same [`Matcher`] the classic builder's tar uses.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -223,29 +223,40 @@ fn send_stats(
         }))
         .map_err(|_| std::io::Error::other("the engine stopped reading the context"))
     };
-    if follow.is_empty() {
-        context::walk(root, "", matcher, None, true, &mut one)?;
+    // `followpaths` and `include-patterns` (a COPY's sources) narrow what is sent to the paths
+    // they match and what is under them; the directories above a sent entry are sent first,
+    // as fsutil does, so the engine sees them in the walk's order.
+    let include = if follow.is_empty() {
+        None
     } else {
-        // The paths asked for and the directories above them, in the walk's order.
-        let mut wanted = BTreeSet::new();
-        for p in follow {
-            let parts: Vec<&str> = p
-                .trim_start_matches("./")
-                .split('/')
-                .filter(|s| !s.is_empty() && *s != ".")
-                .collect();
-            for n in 1..=parts.len() {
-                wanted.insert(parts[..n].iter().map(|s| s.to_string()).collect::<Vec<_>>());
-            }
+        Some(
+            Matcher::parse(&follow.join("\n"))
+                .map_err(|e| std::io::Error::other(format!("the engine's include pattern: {e}")))?,
+        )
+    };
+    let mut above: Vec<(PathBuf, String, Metadata)> = Vec::new();
+    context::walk(root, "", matcher, None, true, &mut |path, rel, meta| {
+        let Some(include) = &include else {
+            return one(path, rel, meta);
+        };
+        while above
+            .last()
+            .is_some_and(|(_, dir, _)| !rel.starts_with(&format!("{dir}/")))
+        {
+            above.pop();
         }
-        for parts in wanted {
-            let rel = parts.join("/");
-            let path = root.join(&rel);
-            if let Ok(meta) = fs::symlink_metadata(&path) {
-                one(&path, &rel, &meta)?;
+        if include.excludes(rel) {
+            for (p, r, m) in above.drain(..) {
+                one(&p, &r, &m)?;
             }
+            one(path, rel, meta)
+        } else {
+            if meta.is_dir() {
+                above.push((path.to_path_buf(), rel.to_string(), meta.clone()));
+            }
+            Ok(())
         }
-    }
+    })?;
     tx.blocking_send(Ok(Packet {
         r#type: PacketType::PacketStat as i32,
         ..Packet::default()

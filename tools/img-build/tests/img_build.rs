@@ -342,6 +342,46 @@ fn a_dockerfile_outside_the_context_is_sent_too() {
 }
 
 #[test]
+fn a_copy_of_some_paths_gets_them_whole() {
+    fixtures();
+    // BuildKit asks only for a COPY's sources (and what is under them): each builder must
+    // still copy them whole, and nothing else.
+    for builder in BUILDERS {
+        let mut c = Cleanup::new();
+        let dir = context(&[
+            (
+                "Dockerfile",
+                "FROM dkt/busybox:latest\nCOPY src/ /app/src/\nCOPY *.cfg /app/\n",
+            ),
+            ("src/main.txt", "main"),
+            ("src/deep/lib.txt", "lib"),
+            ("a.cfg", "a"),
+            ("other/x.txt", "x"),
+            ("b.txt", "b"),
+        ]);
+        let tag = c.image(&format!("{}:v1", unique("paths")));
+        build(dir.path(), &["-t", &tag, "--builder", builder]).code(0);
+        let mut files: Vec<String> = docker(&["run", "--rm", &tag, "find", "/app"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "/app",
+                "/app/a.cfg",
+                "/app/src",
+                "/app/src/deep",
+                "/app/src/deep/lib.txt",
+                "/app/src/main.txt"
+            ],
+            "{builder}"
+        );
+    }
+}
+
+#[test]
 fn a_failing_run_fails_at_its_step_and_leaves_no_tag() {
     fixtures();
     for builder in BUILDERS {
