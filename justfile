@@ -28,6 +28,10 @@ bench-swap:
 bench-build:
     scripts/bench-build
 
+# img-build on BuildKit, on a private engine: vs the classic builder, a fresh CI runner with --cache-from vs cold, memory for a 1 GiB context (root)
+bench-buildkit:
+    scripts/bench-buildkit
+
 # snapshot and restore: snapshot and file-restore time vs cp + docker inspect, one container swapped back vs rm + run, old-image cleanup vs docker image prune
 bench-snapshot:
     scripts/bench-snapshot
@@ -124,4 +128,4 @@ share dir="target/share":
     echo "man pages and completions in {{dir}} (e.g. MANPATH={{dir}}/man man swap)" >&2
 
 # Every benchmark, one table each
-bench: bench-healthwait bench-build bench-swap bench-snapshot bench-notify
+bench: bench-healthwait bench-build bench-buildkit bench-swap bench-snapshot bench-notify

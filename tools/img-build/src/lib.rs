@@ -1,9 +1,11 @@
 //! img-build: build an image through the Docker Engine API.
 //!
-//! Reads nothing from the record (it starts a deploy). Adds `img-build`: `image_id`, `tags`
-//! (the first is the one to deploy), `size` (bytes), `duration_ms`, `labels` (the labels this
-//! run set), `context`, `dockerfile`, `steps`, `cached_steps` and `context_bytes`. On a failed
-//! build it adds `img-build.failed_step` (`number`, `of`, `instruction`) and no tag exists.
+//! Reads nothing from the record (it starts a deploy). Adds `img-build`: `image_id`, `builder`
+//! (`buildkit` or `classic`), `tags` (the first is the one to deploy), `size` (bytes),
+//! `duration_ms`, `labels` (the labels this run set), `context`, `dockerfile`, `steps`,
+//! `cached_steps`, `cached` (BuildKit's names of the cached steps), `cache_from`, `cache_to`
+//! and `context_bytes`. On a failed build it adds `img-build.failed_step` (`stage` under
+//! BuildKit, `number`, `of`, `instruction`) and no tag exists.
 //!
 //! The context is streamed as a tar while it is read ([`context`]), filtered by
 //! `.dockerignore` exactly as the docker CLI filters it ([`dockerignore`]), to the engine's
