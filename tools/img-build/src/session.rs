@@ -321,7 +321,11 @@ impl Auth for Credentials {
         &self,
         request: Request<CredentialsRequest>,
     ) -> std::result::Result<Response<CredentialsResponse>, Status> {
-        let host = &request.get_ref().host;
+        // BuildKit names Docker Hub by its API host; the docker config by `docker.io`.
+        let host = match request.get_ref().host.as_str() {
+            "registry-1.docker.io" | "index.docker.io" => kit::image::DOCKER_HUB,
+            host => host,
+        };
         let found = kit::image::Reference::parse(&format!("{host}/x"))
             .ok()
             .and_then(|r| kit::registry::from_docker_config(&r));
