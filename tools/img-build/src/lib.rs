@@ -405,6 +405,16 @@ impl Args {
             let parsed = Reference::parse(r).map_err(|e| Error::input("--cache-from", e))?;
             cache_from.push(parsed.to_string());
         }
+        if let Some(p) = &self.platform {
+            if p.contains(',') || p.split('/').count() < 2 {
+                return Err(Error::input(
+                    "--platform",
+                    format!(
+                        "'{p}': give one platform, OS/ARCH[/VARIANT] (img-build builds one image)"
+                    ),
+                ));
+            }
+        }
         let inline_cache = self.inline_cache()?;
         let context = Context {
             root: root.clone(),

@@ -741,6 +741,10 @@ fn bad_secret_and_cache_flags_are_bad_input_and_build_nothing() {
         ),
         (vec!["--cache-mode", "max"], "--cache-mode: max needs a registry or local cache exporter"),
         (vec!["--cache-from", "Bad/Ref"], "--cache-from: 'Bad/Ref' is not an image reference"),
+        (
+            vec!["--platform", "linux/amd64,linux/arm64"],
+            "--platform: 'linux/amd64,linux/arm64': give one platform",
+        ),
     ] {
         let out = tool("img-build")
             .arg("--context")
