@@ -28,13 +28,17 @@ bench-swap:
 bench-build:
     scripts/bench-build.py
 
+# img-build on BuildKit, on a private engine: vs the classic builder, a fresh CI runner with --cache-from vs cold, memory for a 1 GiB context (root)
+bench-buildkit:
+    scripts/bench-buildkit.py
+
 # snapshot and restore: snapshot and file-restore time vs cp + docker inspect, one container swapped back vs rm + run, old-image cleanup vs docker image prune
 bench-snapshot:
     scripts/bench-snapshot.py
 
 # The test swarm: two-node swarm up/down time; healthwait --service vs `docker service update` and a `docker service ps` loop
 bench-swarm:
-    scripts/bench-swarm
+    scripts/bench-swarm.py
 
 # The main job on a local default: a real deploy end to end (scripts/demo clean undoes it)
 demo:
@@ -128,4 +132,4 @@ share dir="target/share":
     echo "man pages and completions in {{dir}} (e.g. MANPATH={{dir}}/man man swap)" >&2
 
 # Every benchmark, one table each
-bench: bench-healthwait bench-build bench-swap bench-snapshot bench-notify bench-swarm
+bench: bench-healthwait bench-build bench-buildkit bench-swap bench-snapshot bench-notify bench-swarm

@@ -12,8 +12,9 @@ printed as a Markdown table.
                layer each) to the same local registry, median of N alternating runs;
                warm: the same tags again (every layer already there)
 
-The docker CLI runs its classic builder here (engine 20.10, DOCKER_BUILDKIT=0), as img-build
-does, so both do the same work. Bars (issue 3): time ratios <= 1.05; peak RSS <= 64 MiB.
+The docker CLI runs its classic builder here (engine 20.10, DOCKER_BUILDKIT=0), and so does
+img-build (--builder classic), so both do the same work; img-build on BuildKit is measured by
+scripts/bench-buildkit.py. Bars (issue 3): time ratios <= 1.05; peak RSS <= 64 MiB.
 Set BENCH_TRIALS (default 5) for more runs.
 """
 import os
@@ -124,7 +125,8 @@ def main():
         app = app_context(base)
         ours_tag, theirs_tag = f"{TAG}-ours:app", f"{TAG}-theirs:app"
         images += [ours_tag, theirs_tag]
-        ib = lambda *extra: (lambda i: [img_build, "-q", "--context", app, "-t", ours_tag, *extra])
+        ib = lambda *extra: (lambda i: [img_build, "-q", "--builder", "classic", "--context", app,
+                                        "-t", ours_tag, *extra])
         db = lambda *extra: (lambda i: ["docker", "build", *extra, "-t", theirs_tag, app])
 
         cold = alternate(ib("--no-cache"), db("--no-cache"), COLD)
@@ -133,7 +135,7 @@ def main():
 
         # Does img-build's context hit the cache `docker build` made? (same tar, same keys)
         run(["docker", "rmi", ours_tag], stdout=subprocess.DEVNULL)
-        out = run([img_build, "-q", "--context", app, "-t", ours_tag],
+        out = run([img_build, "-q", "--builder", "classic", "--context", app, "-t", ours_tag],
                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
         m = re.search(r'"steps":(\d+),"cached_steps":(\d+)', out)
         # FROM is never "Using cache": every later step cached means the same cache keys.
@@ -142,7 +144,8 @@ def main():
         big = big_context(base)
         big_ours, big_theirs = f"{TAG}-ours:big", f"{TAG}-theirs:big"
         images += [big_ours, big_theirs]
-        t_ours, rss_ours = peak([img_build, "-q", "--context", big, "-t", big_ours, "--no-cache"])
+        t_ours, rss_ours = peak([img_build, "-q", "--builder", "classic", "--context", big, "-t",
+                                 big_ours, "--no-cache"])
         t_theirs, rss_theirs = peak(["docker", "build", "--no-cache", "-t", big_theirs, big])
 
         addr = run([os.path.join(ROOT, "scripts/registry"), "start", "--dir", reg_dir],

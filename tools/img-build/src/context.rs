@@ -72,12 +72,13 @@ impl Context {
         let mut tar = tar::Builder::new(out);
         let mut walk = Walk {
             tar: &mut tar,
-            matcher: &self.matcher,
             links: HashMap::new(),
             sent: Sent::default(),
             replace_dockerignore: self.outside.as_ref().map(|o| o.dockerignore.as_slice()),
         };
-        walk.dir(&self.root, "", None)?;
+        walk_dir(&self.root, &self.matcher, &mut |path, rel, meta| {
+            walk.entry(path, rel, meta)
+        })?;
         let mut sent = walk.sent;
         if let Some(outside) = &self.outside {
             if !walk_saw_dockerignore(&self.root, &self.matcher) {
@@ -91,6 +92,14 @@ impl Context {
     }
 }
 
+fn walk_dir(
+    root: &Path,
+    matcher: &Matcher,
+    visit: &mut dyn FnMut(&Path, &str, &Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    walk(root, "", Some(matcher), None, false, visit)
+}
+
 /// Whether the walk sent the context's own `.dockerignore` (it is always kept when present).
 fn walk_saw_dockerignore(root: &Path, matcher: &Matcher) -> bool {
     fs::symlink_metadata(root.join(".dockerignore")).is_ok() && !matcher.excludes(".dockerignore")
@@ -98,51 +107,72 @@ fn walk_saw_dockerignore(root: &Path, matcher: &Matcher) -> bool {
 
 struct Walk<'a, W: Write> {
     tar: &'a mut tar::Builder<W>,
-    matcher: &'a Matcher,
     /// (device, inode) of files with several links, to send later ones as hard links.
     links: HashMap<(u64, u64), String>,
     sent: Sent,
     replace_dockerignore: Option<&'a [u8]>,
 }
 
-impl<W: Write> Walk<'_, W> {
-    fn dir(&mut self, dir: &Path, rel: &str, parent: Option<&Parent>) -> io::Result<()> {
-        let mut entries = fs::read_dir(dir)
-            .map_err(|e| context_error(e, "cannot list", dir))?
-            .map(|entry| entry.map(|e| e.file_name()))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| context_error(e, "cannot list", dir))?;
-        entries.sort();
-        for name in entries {
-            let Some(name) = name.to_str() else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: a file name is not UTF-8", dir.display()),
-                ));
-            };
-            let path = dir.join(name);
-            let rel = if rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let meta =
-                fs::symlink_metadata(&path).map_err(|e| context_error(e, "cannot stat", &path))?;
-            let (excluded, info) = self.matcher.check(&rel, parent);
-            if excluded {
-                if meta.is_dir() && self.matcher.reopens(&rel) {
-                    self.dir(&path, &rel, Some(&info))?;
+/// Walks `dir` in the docker CLI's order (lexical, a directory before its contents), calling
+/// `visit` with each entry `matcher` keeps (every entry without one). An excluded directory is
+/// not even read unless an exception reopens it; `reopened` says whether such a directory is
+/// visited itself (fsutil sends it, as its files' parent; the CLI's tar leaves it out). Shared
+/// by the tar sent to the classic builder and the files BuildKit asks for
+/// ([`crate::filesync`]).
+pub fn walk(
+    dir: &Path,
+    rel: &str,
+    matcher: Option<&Matcher>,
+    parent: Option<&Parent>,
+    reopened: bool,
+    visit: &mut dyn FnMut(&Path, &str, &Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut entries = fs::read_dir(dir)
+        .map_err(|e| context_error(e, "cannot list", dir))?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| context_error(e, "cannot list", dir))?;
+    entries.sort();
+    for name in entries {
+        let Some(name) = name.to_str() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: a file name is not UTF-8", dir.display()),
+            ));
+        };
+        let path = dir.join(name);
+        let rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| context_error(e, "cannot stat", &path))?;
+        let (excluded, info) = match matcher {
+            Some(m) => {
+                let (excluded, info) = m.check(&rel, parent);
+                (excluded, Some(info))
+            }
+            None => (false, None),
+        };
+        if excluded {
+            if meta.is_dir() && matcher.is_some_and(|m| m.reopens(&rel)) {
+                if reopened {
+                    visit(&path, &rel, &meta)?;
                 }
-                continue;
+                walk(&path, &rel, matcher, info.as_ref(), reopened, visit)?;
             }
-            self.entry(&path, &rel, &meta)?;
-            if meta.is_dir() {
-                self.dir(&path, &rel, Some(&info))?;
-            }
+            continue;
         }
-        Ok(())
+        visit(&path, &rel, &meta)?;
+        if meta.is_dir() {
+            walk(&path, &rel, matcher, info.as_ref(), reopened, visit)?;
+        }
     }
+    Ok(())
+}
 
+impl<W: Write> Walk<'_, W> {
     fn entry(&mut self, path: &Path, rel: &str, meta: &Metadata) -> io::Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_mode(meta.mode() & 0o7777);

@@ -29,12 +29,12 @@ impl std::fmt::Display for BadPattern {
 }
 
 /// The compiled patterns of one `.dockerignore`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Matcher {
     patterns: Vec<Pattern>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pattern {
     /// The cleaned pattern, without its `!`.
     text: String,
@@ -44,7 +44,7 @@ struct Pattern {
 
 /// How a pattern matches: the patternmatcher's shortcuts are part of its behaviour (a leading
 /// `**` without `/` is a plain suffix test), so they are kept rather than turned into regexes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Kind {
     Exact,
     /// `foo/**`: the path starts with `foo/`.

@@ -18,7 +18,7 @@
                 an old task was still alive (or before the new ones ran).
 
 The swarm runs in network namespaces (scripts/swarm), never on the host engine.
-Usage: scripts/bench-swarm   (BENCH_TRIALS=3 by default; needs root, scripts/fixtures)
+Usage: scripts/bench-swarm.py(BENCH_TRIALS=3 by default; needs root, scripts/fixtures)
 """
 import http.client
 import json
